@@ -1,0 +1,43 @@
+"""Builds the synthetic RLDS dataset (both configs) into a TFDS data directory.
+
+    python -m data_pipelines.synthetic.build --data_dir data/tensorflow_datasets
+
+Writes <data_dir>/synthetic_rlds/{default,no_wrist}/1.0.0/ (TFRecord shards, dataset_info.json,
+features.json). TFDS writes into a temporary `incomplete.*` directory and renames it when done, so
+an interrupted build leaves no half-written version; already-built configs are skipped.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from data_pipelines.synthetic.builder import SyntheticRlds  # noqa: E402
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "data/tensorflow_datasets", "TFDS data directory to write into.")
+_CONFIGS = flags.DEFINE_list("configs", ["default", "no_wrist"], "Builder configs to build.")
+
+
+def build(data_dir: str, configs: list[str]) -> list[str]:
+    """Builds each config (skipping finished ones); returns the dataset version directories."""
+    valid = [config.name for config in SyntheticRlds.BUILDER_CONFIGS]
+    unknown = [config for config in configs if config not in valid]
+    if unknown:
+        raise ValueError(f"unknown synthetic config(s) {unknown}; expected some of {valid}")
+    paths = []
+    for config in configs:
+        builder = SyntheticRlds(config=config, data_dir=data_dir)
+        builder.download_and_prepare(file_format="tfrecord")
+        paths.append(builder.data_dir)
+    return paths
+
+
+def main(argv):
+    del argv
+    for path in build(_DATA_DIR.value, _CONFIGS.value):
+        print(f"built {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
