@@ -8,18 +8,15 @@ training batch (key, shape, dtype) and the pipeline throughput as JSON (see `ben
 """
 
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-import bench  # noqa: E402
-import cli_common  # noqa: E402  (puts the repo root on sys.path)
-from octo_like.data.mixtures import make_named_mixture  # noqa: E402
-from octo_like.utils.errors import InputError  # noqa: E402
+import cli_common  # (puts the repo root on sys.path)
+from octo_like.data.mixtures import make_named_mixture
+from octo_like.data.throughput import data_throughput
+from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
 _SECONDS = flags.DEFINE_float("seconds", 3.0, "Measuring time per throughput figure.")
@@ -63,7 +60,7 @@ def main(argv):
         print(describe_statistics(name, stats))
     print(describe_batch(next(dataset.iterator())))
     print("pipeline throughput:")
-    print(json.dumps(bench.data_throughput(dataset_config, _SECONDS.value), indent=2))
+    print(json.dumps(data_throughput(dataset_config, _SECONDS.value), indent=2))
 
 
 if __name__ == "__main__":

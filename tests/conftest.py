@@ -3,10 +3,11 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+import octo_like  # noqa: E402,F401  (quiet, deterministic TensorFlow settings)
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,11 @@ features.json). TFDS writes into a temporary `incomplete.*` directory and rename
 an interrupted build leaves no half-written version; already-built configs are skipped.
 """
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-
-from data_pipelines.synthetic.builder import SyntheticRlds  # noqa: E402
+import octo_like  # noqa: F401  (quiet TensorFlow, set before it is imported)
+from data_pipelines.synthetic.builder import SyntheticRlds
+from octo_like.utils.errors import InputError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tensorflow_datasets", "TFDS data directory to write into.")
 _CONFIGS = flags.DEFINE_list("configs", ["default", "no_wrist"], "Builder configs to build.")
@@ -24,7 +22,7 @@ def build(data_dir: str, configs: list[str]) -> list[str]:
     valid = [config.name for config in SyntheticRlds.BUILDER_CONFIGS]
     unknown = [config for config in configs if config not in valid]
     if unknown:
-        raise ValueError(f"unknown synthetic config(s) {unknown}; expected some of {valid}")
+        raise InputError(f"unknown synthetic config(s) {unknown}; expected some of {valid}")
     paths = []
     for config in configs:
         builder = SyntheticRlds(config=config, data_dir=data_dir)

@@ -13,6 +13,7 @@ from ml_collections import config_dict
 
 from octo_like.data.language import TextTokenizer
 from octo_like.utils import spec
+from octo_like.utils.errors import InputError
 
 MIXTURES = {"default": "synthetic", "two_robots": "synthetic_two_robots"}
 
@@ -27,7 +28,7 @@ COLOR_AUGMENT = dict(
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     variant = variant or "default"
     if variant not in MIXTURES:
-        raise ValueError(f"unknown variant '{variant}' of synthetic.py; expected one of {', '.join(MIXTURES)}")
+        raise InputError(f"unknown variant '{variant}' of synthetic.py; expected one of {', '.join(MIXTURES)}")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.dataset = ml_collections.ConfigDict(
