@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export TF_CPP_MIN_LOG_LEVEL=2
 data_dir=${OCTO_LIKE_DATA_DIR:-data/tensorflow_datasets}
-.venv/bin/python -m data_pipelines.synthetic.build --data_dir "$data_dir" --verbosity=error
+.venv/bin/python -m data_pipelines.synthetic.build --data_dir "$data_dir"
 .venv/bin/python scripts/inspect_data.py --config experiments/configs/synthetic.py:default \
   --config.dataset.data_dir="$data_dir" "$@"
