@@ -22,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(1, REPO_ROOT)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from octo_like.utils.config import (  # noqa: E402
@@ -64,6 +64,10 @@ def run(main: Callable[[list[str]], object], flag_name: str = "config") -> None:
 
     @functools.wraps(main)
     def main_reporting_input_errors(argv):
+        # TFDS logs every file it opens at INFO: keep the output to what the script prints, unless
+        # --verbosity is given.
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except InputError as error:

@@ -35,7 +35,7 @@ def describe_statistics(name: str, statistics: dict) -> str:
         f"dataset {name}: {statistics['num_trajectories']} trajectories, {statistics['num_transitions']} transitions"
     ]
     for key in ("action", "proprio"):
-        stats = statistics[key]
+        stats = {name: np.asarray(value, np.float64) for name, value in statistics[key].items()}
         lines.append(
             f"  {key} ({len(stats['mean'])}-d): mean {np.round(stats['mean'], 3).tolist()} std {np.round(stats['std'], 3).tolist()}"
         )
