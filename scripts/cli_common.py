@@ -6,11 +6,11 @@
         cli_common.run(main)
 
 `run` validates the `--config` file and its `--config.*` override keys before absl parses the
-flags (config_flags would fail on an unknown key with a long traceback), and turns an InputError
-raised at any point into `error: <message>` on stderr and exit status 2.
+flags (config_flags would fail on an unknown key with a long traceback), then runs `main` through
+`octo_like.utils.cli.run_cli`: an InputError raised at any point becomes `error: <message>` on
+stderr and exit status 2.
 """
 
-import functools
 import os
 import sys
 from collections.abc import Callable
@@ -22,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(1, REPO_ROOT)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from octo_like.utils.config import (  # noqa: E402
@@ -31,14 +31,8 @@ from octo_like.utils.config import (  # noqa: E402
     load_config,
     override_keys_from_argv,
 )
+from octo_like.utils.cli import exit_with_error_line, run_cli  # noqa: E402
 from octo_like.utils.errors import InputError  # noqa: E402
-
-USAGE_ERROR_EXIT_CODE = 2
-
-
-def _fail(error: InputError) -> None:
-    print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)
-    sys.exit(USAGE_ERROR_EXIT_CODE)
 
 
 def check_config_args(argv: list[str], flag_name: str = "config") -> None:
@@ -56,21 +50,9 @@ def check_config_args(argv: list[str], flag_name: str = "config") -> None:
 
 
 def run(main: Callable[[list[str]], object], flag_name: str = "config") -> None:
-    """`absl.app.run(main)`, with the config checked first and InputErrors reported in one line."""
+    """`run_cli(main)` (one-line InputErrors, quiet logs), with the config checked before absl parses it."""
     try:
         check_config_args(sys.argv, flag_name)
     except InputError as error:
-        _fail(error)
-
-    @functools.wraps(main)
-    def main_reporting_input_errors(argv):
-        # TFDS logs every file it opens at INFO: keep the output to what the script prints, unless
-        # --verbosity is given.
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
-        try:
-            return main(argv)
-        except InputError as error:
-            _fail(error)
-
-    app.run(main_reporting_input_errors)
+        exit_with_error_line(error)
+    run_cli(main)

@@ -7,10 +7,11 @@ features.json). TFDS writes into a temporary `incomplete.*` directory and rename
 an interrupted build leaves no half-written version; already-built configs are skipped.
 """
 
-from absl import app, flags
+from absl import flags
 
 import octo_like  # noqa: F401  (quiet TensorFlow, set before it is imported)
 from data_pipelines.synthetic.builder import SyntheticRlds
+from octo_like.utils.cli import run_cli
 from octo_like.utils.errors import InputError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tensorflow_datasets", "TFDS data directory to write into.")
@@ -32,10 +33,11 @@ def build(data_dir: str, configs: list[str]) -> list[str]:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise InputError(f"unexpected arguments {argv[1:]}; only flags are accepted")
     for path in build(_DATA_DIR.value, _CONFIGS.value):
         print(f"built {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

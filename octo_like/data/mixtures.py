@@ -130,9 +130,16 @@ DATASET_CONFIGS: dict[str, dict[str, Any]] = {
         language_key="language_instruction",
         action_normalization_mask=[True, False],
     ),
+    # Any config of the Meta-World scripted dataset (data_pipelines/metaworld), e.g. metaworld/mt10.
+    "metaworld": dict(
+        image_obs_keys={"primary": "image", "wrist": "wrist_image"},
+        proprio_obs_key="proprio",
+        language_key="language_instruction",
+        action_normalization_mask=[True, True, True, False],  # the gripper command stays in [-1, 1]
+    ),
 }
 
-# Named mixtures: lists of (dataset name, sampling weight).
+# Named mixtures: lists of (dataset name, sampling weight). A dataset name is a mixture of itself.
 MIXTURES: dict[str, list[tuple[str, float]]] = {
     "synthetic": [("synthetic_rlds/default", 1.0)],
     "synthetic_two_robots": [("synthetic_rlds/default", 0.7), ("synthetic_rlds/no_wrist", 0.3)],
@@ -144,17 +151,32 @@ def make_dataset_kwargs_list(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """A named mixture -> (dataset kwargs list, sample weights) for `make_interleaved_dataset`.
 
-    `common_kwargs` (e.g. action_proprio_normalization_type) apply to every dataset.
+    `mixture` is a registered mixture or a single dataset name. `common_kwargs` (e.g.
+    action_proprio_normalization_type) apply to every dataset.
     """
-    if mixture not in MIXTURES:
-        raise InputError(f"unknown mixture '{mixture}'; registered: {', '.join(sorted(MIXTURES))}")
+    if mixture in MIXTURES:
+        entries = MIXTURES[mixture]
+    elif dataset_config(mixture) is not None:
+        entries = [(mixture, 1.0)]
+    else:
+        raise InputError(
+            f"unknown mixture '{mixture}'; expected a registered mixture ({', '.join(sorted(MIXTURES))}) "
+            f"or a dataset with an entry in DATASET_CONFIGS ({', '.join(sorted(DATASET_CONFIGS))})"
+        )
     kwargs_list, weights = [], []
-    for name, weight in MIXTURES[mixture]:
-        if name not in DATASET_CONFIGS:
+    for name, weight in entries:
+        config = dataset_config(name)
+        if config is None:
             raise InputError(f"mixture '{mixture}' names dataset '{name}', which has no entry in DATASET_CONFIGS")
-        kwargs_list.append({"name": name, "data_dir": data_dir, **DATASET_CONFIGS[name], **common_kwargs})
+        kwargs_list.append({"name": name, "data_dir": data_dir, **config, **common_kwargs})
         weights.append(weight)
     return kwargs_list, weights
+
+
+def dataset_config(name: str) -> dict[str, Any] | None:
+    """The DATASET_CONFIGS entry of `name[/config][:version]`: its own, else its builder's."""
+    name = name.partition(":")[0]
+    return DATASET_CONFIGS.get(name, DATASET_CONFIGS.get(name.partition("/")[0]))
 
 
 def make_named_mixture(

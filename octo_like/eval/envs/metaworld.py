@@ -29,10 +29,9 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
-from octo_like.eval.envs.metaworld_tasks import resolve_tasks  # noqa: E402
+from octo_like.eval.envs.metaworld_tasks import CAMERAS, resolve_tasks  # noqa: E402
 from octo_like.utils.errors import InputError  # noqa: E402
 
-CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 # Cameras whose image comes out with the table above the arm (checked by eye at 128x128).
 UPSIDE_DOWN_CAMERAS = frozenset({"corner", "corner2", "corner4"})
 DEFAULT_CAMERAS = {"primary": "corner", "wrist": "gripperPOV"}

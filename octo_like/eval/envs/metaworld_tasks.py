@@ -1,4 +1,4 @@
-"""Meta-World task names, task sets and language instructions (no simulator import).
+"""Meta-World task names, task sets, cameras and language instructions (no simulator import).
 
 Task sets: `mt10` and `mt50` are the benchmark's own lists. For language and task generalization
 the project declares two splits, used by the dataset builder and by evaluation alike:
@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from octo_like.utils.errors import InputError
 
 NUM_TRAIN_PARAPHRASES = 3
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 # Four paraphrases per task: three for training, the last held out.
 INSTRUCTIONS: dict[str, tuple[str, ...]] = {
