@@ -11,6 +11,17 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 
+# Headless MuJoCo rendering (Meta-World) goes through EGL with Mesa's software renderer.
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
+  egl_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq "${egl_packages[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq "${egl_packages[@]}" >/dev/null; }
+  else
+    echo "warning: no libEGL found; rendering needs: apt-get install ${egl_packages[*]} (or MUJOCO_GL=osmesa with libosmesa6)" >&2
+  fi
+fi
+
 wanted=$(cat requirements.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)${OCTO_LIKE_GPU:+-gpu}
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv==0.13.9

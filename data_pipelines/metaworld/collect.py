@@ -12,19 +12,17 @@ Every job depends on its own seed only, so the files are the same whatever the n
 processes, the order in which jobs finish, or how many times the collection was resumed.
 """
 
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import tqdm
 
-from octo_like.eval.envs.metaworld_tasks import CAMERAS, resolve_tasks, train_instructions
+from octo_like.eval.envs.metaworld_tasks import CAMERAS, episode_seed_sequence, resolve_tasks, train_instructions
 from octo_like.utils.errors import InputError
+from octo_like.utils.files import write_atomically, write_text_atomically
+from octo_like.utils.parallel import map_in_processes
 
 SETTINGS_FILE = "collection.json"
 
@@ -77,11 +75,6 @@ def failure_path(episodes_dir: str, job: EpisodeJob) -> str:
     return os.path.join(episodes_dir, job.task, f"episode_{job.index:05d}.failed.json")
 
 
-def attempt_seed_sequence(settings: CollectionSettings, job: EpisodeJob, attempt: int) -> np.random.SeedSequence:
-    # crc32 rather than hash(): Python salts str hashes per process.
-    return np.random.SeedSequence([settings.seed, zlib.crc32(job.task.encode()), job.index, attempt])
-
-
 _ENVS = {}  # per worker process: one environment per task, reused across its episodes
 
 
@@ -99,7 +92,7 @@ def _env_for(settings: CollectionSettings, task: str):
 def run_attempt(settings: CollectionSettings, job: EpisodeJob, attempt: int) -> dict:
     """One scripted episode: per-step arrays plus its metadata."""
     env = _env_for(settings, job.task)
-    env_seed_seq, noise_seed_seq, language_seed_seq = attempt_seed_sequence(settings, job, attempt).spawn(3)
+    env_seed_seq, noise_seed_seq, language_seed_seq = episode_seed_sequence("collect", settings.seed, job.task, job.index, attempt).spawn(3)
     noise_rng = np.random.default_rng(noise_seed_seq)
     instructions = train_instructions(job.task)
     instruction = instructions[np.random.default_rng(language_seed_seq).integers(len(instructions))]
@@ -130,19 +123,6 @@ def run_attempt(settings: CollectionSettings, job: EpisodeJob, attempt: int) -> 
     return {"steps": {key: np.stack(values) for key, values in steps.items()}, "metadata": metadata}
 
 
-def _write_atomically(path: str, write) -> None:
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    temp_path = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    try:
-        with open(temp_path, "wb") as file:
-            write(file)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-
-
 def run_job(settings: CollectionSettings, job: EpisodeJob, episodes_dir: str) -> dict:
     """Runs a job's attempts until one is kept, writes it (or a failure record); returns its metadata."""
     attempts = settings.max_attempts if settings.only_successes else 1
@@ -151,10 +131,10 @@ def run_job(settings: CollectionSettings, job: EpisodeJob, episodes_dir: str) ->
         if episode["metadata"]["success"] or not settings.only_successes:
             arrays = {f"steps/{key}": value for key, value in episode["steps"].items()}
             arrays["metadata"] = np.frombuffer(json.dumps(episode["metadata"]).encode(), np.uint8)
-            _write_atomically(episode_path(episodes_dir, job), lambda file: np.savez_compressed(file, **arrays))
+            write_atomically(episode_path(episodes_dir, job), lambda temp_path: np.savez_compressed(temp_path, **arrays))
             return episode["metadata"]
     failure = {**episode["metadata"], "attempts": attempts}
-    _write_atomically(failure_path(episodes_dir, job), lambda file: file.write(json.dumps(failure).encode()))
+    write_text_atomically(failure_path(episodes_dir, job), json.dumps(failure))
     return failure
 
 
@@ -194,19 +174,11 @@ def check_settings(settings: CollectionSettings, episodes_dir: str) -> None:
                 "expected the same settings to resume, or another dataset name"
             )
         return
-    _write_atomically(path, lambda file: file.write(json.dumps(settings.to_json(), indent=2).encode()))
+    write_text_atomically(path, json.dumps(settings.to_json(), indent=2))
 
 
-def _run_jobs_in_worker(settings: CollectionSettings, jobs: Sequence[EpisodeJob], episodes_dir: str) -> list[dict]:
-    return [run_job(settings, job, episodes_dir) for job in jobs]
-
-
-def _job_batches(jobs: Sequence[EpisodeJob], num_workers: int) -> Iterator[list[EpisodeJob]]:
-    # Small batches keep each worker on one task at a time (one environment built per task and
-    # worker) while still spreading the tasks over all workers.
-    batch_size = max(1, min(4, len(jobs) // (4 * num_workers)))
-    for start in range(0, len(jobs), batch_size):
-        yield list(jobs[start : start + batch_size])
+def _run_batch(jobs: Sequence[tuple[CollectionSettings, EpisodeJob, str]]) -> list[dict]:
+    return [run_job(settings, job, episodes_dir) for settings, job, episodes_dir in jobs]
 
 
 def collect(settings: CollectionSettings, episodes_dir: str, num_workers: int | None = None) -> dict[str, int]:
@@ -214,19 +186,9 @@ def collect(settings: CollectionSettings, episodes_dir: str, num_workers: int | 
     settings = dataclasses.replace(settings, tasks=tuple(resolve_tasks(settings.tasks)))
     check_settings(settings, episodes_dir)
     jobs = pending_jobs(settings, episodes_dir)
-    num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs) or 1))
-    with tqdm.tqdm(total=len(all_jobs(settings)), initial=len(all_jobs(settings)) - len(jobs), unit="episode",
-                   desc="Collecting Meta-World episodes") as progress:
-        if num_workers == 1:
-            for job in jobs:
-                run_job(settings, job, episodes_dir)
-                progress.update()
-        else:
-            # spawn: each worker starts its own MuJoCo/EGL context instead of inheriting ours.
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-                futures = [pool.submit(_run_jobs_in_worker, settings, batch, episodes_dir) for batch in _job_batches(jobs, num_workers)]
-                for future in concurrent.futures.as_completed(futures):
-                    progress.update(len(future.result()))
+    map_in_processes(
+        _run_batch, [(settings, job, episodes_dir) for job in jobs], num_workers=num_workers,
+        desc="Collecting Meta-World episodes", unit="episode", done_before=len(all_jobs(settings)) - len(jobs),
+    )
     kept = sum(os.path.exists(episode_path(episodes_dir, job)) for job in all_jobs(settings))
     return {"episodes": kept, "failed_jobs": len(all_jobs(settings)) - kept}

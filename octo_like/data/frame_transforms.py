@@ -54,8 +54,14 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _resize_images(images_NHWC: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """uint8 [N, h0, w0, 3] -> uint8 [N, h, w, 3]; unchanged (exact pixels) when already that size."""
+def resize_images(images_NHWC: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """uint8 [N, h0, w0, 3] -> uint8 [N, h, w, 3]; unchanged (exact pixels) when already that size.
+
+    Evaluation calls this too (with numpy images), so a policy sees its camera images resized
+    exactly as in training.
+    """
+    images_NHWC = tf.convert_to_tensor(images_NHWC)
+    size = tuple(size)
     static_hw = tuple(images_NHWC.shape[1:3])
     if static_hw == size:
         return images_NHWC
@@ -87,7 +93,7 @@ def _decode_image(encoded: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
     def decode():
         image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-        return _resize_images(image[None], size)[0]
+        return resize_images(image[None], size)[0]
 
     out = tf.cond(tf.strings.length(encoded) > 0, decode, lambda: tf.zeros([*size, 3], tf.uint8))
     out.set_shape([*size, 3])
@@ -139,8 +145,8 @@ def _decode_resize_image(value: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     if value.dtype != tf.uint8 or value.shape.rank is None or value.shape.rank < 3 or value.shape[-1] != 3:
         raise InputError(f"image must be encoded bytes or uint8 [..., h, w, 3], got {value.dtype.name} {value.shape}")
     if value.shape.rank == 3:
-        return _resize_images(value[None], size)[0]
-    return _map_leading(lambda images: _resize_images(images, size), value, 3, True, spec)
+        return resize_images(value[None], size)[0]
+    return _map_leading(lambda images: resize_images(images, size), value, 3, True, spec)
 
 
 def _decode_resize_depth(value: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:

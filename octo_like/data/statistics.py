@@ -20,7 +20,6 @@ atomically, so concurrent writers (several hosts) and interrupted runs never lea
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from absl import logging
 from octo_like.data import normalization
 from octo_like.data.dlataset import DLataset
 from octo_like.utils.errors import InputError
+from octo_like.utils.files import write_text_atomically
 
 STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
 FEATURES = ("action", "proprio")
@@ -80,27 +80,14 @@ def _from_json(value: Any) -> Any:
 
 
 def save_statistics(statistics: Mapping, path: str, *, hash_dependencies: Sequence[str] | None = None) -> None:
-    """Writes statistics (arrays as lists) to `path` atomically: a temp file in the same dir, then os.replace.
+    """Writes statistics (arrays as lists) to `path` atomically (a temp file in the same dir, then a rename).
 
     Raises OSError if the directory cannot be created or written.
     """
     content = _to_json(statistics)
     if hash_dependencies is not None:
         content[_HASH_DEPENDENCIES_KEY] = list(hash_dependencies)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    write_text_atomically(path, json.dumps(content, indent=1))
 
 
 def load_statistics(path: str) -> dict:

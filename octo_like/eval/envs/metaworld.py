@@ -116,6 +116,11 @@ class MetaWorldEnv(gym.Env):
         info = {"success": success, "task": self.task}
         return self._observation(state_39), float(reward), success, truncated, info
 
+    @property
+    def num_steps(self) -> int:
+        """Steps taken since the last reset."""
+        return self._num_steps
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state."""
         return np.asarray(self._expert.get_action(self._state_39), np.float32)

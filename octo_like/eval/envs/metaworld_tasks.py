@@ -11,7 +11,10 @@ the project declares two splits, used by the dataset builder and by evaluation a
   policy at evaluation (`heldout_instructions()`, or `scripts/evaluate.py --instructions=FILE`).
 """
 
+import zlib
 from collections.abc import Iterable
+
+import numpy as np
 
 from octo_like.utils.errors import InputError
 
@@ -121,3 +124,13 @@ def train_instructions(task: str) -> tuple[str, ...]:
 def heldout_instructions(tasks: Iterable[str] | None = None) -> dict[str, list[str]]:
     """{task: [held-out paraphrase]} for `tasks` (all by default), the `--instructions` file format."""
     return {task: list(INSTRUCTIONS[task][NUM_TRAIN_PARAPHRASES:]) for task in (tasks or MT50_TASKS)}
+
+
+def episode_seed_sequence(purpose: str, seed: int, task: str, *indices: int) -> np.random.SeedSequence:
+    """The seeds of one episode, the same in every process and run.
+
+    `purpose` ("collect", "evaluate") keeps evaluation episodes from replaying the exact starts
+    of the collected ones for the same `seed`. crc32 rather than hash(): Python salts str hashes
+    per process.
+    """
+    return np.random.SeedSequence([zlib.crc32(purpose.encode()), seed, zlib.crc32(task.encode()), *indices])

@@ -1,0 +1,163 @@
+"""What evaluation can drive: a trained checkpoint, the Meta-World scripted expert, a random policy.
+
+Every policy has the same interface, so the rollout code never asks which one it runs:
+
+    policy.window_size      observations per call (the HistoryWrapper window T)
+    policy.action_horizon   actions per predicted chunk (H)
+    policy.cameras          camera names whose images it reads ("primary", "wrist"); () for none
+    policy.reset(task, instruction)                       at every episode start
+    policy(observation_window, rng) -> actions_HA         unnormalized env actions, float32 [H, A]
+
+`observation_window` is what HistoryWrapper returns: every key with a leading T axis, plus
+`timestep_pad_mask` and `timestep`. Policies are built from specs (octo_like.utils.spec), so that
+evaluation workers in other processes can build their own copy.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from octo_like.eval.envs.metaworld_tasks import resolve_tasks
+from octo_like.utils.errors import InputError
+
+METAWORLD_ACTION_DIM = 4
+
+
+class Policy(Protocol):
+    window_size: int
+    action_horizon: int
+    cameras: tuple[str, ...]
+
+    def reset(self, task: str, instruction: str) -> None: ...
+
+    def __call__(self, observation_window: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray: ...
+
+
+class ScriptedPolicy:
+    """Meta-World's hand-written expert for the episode's task; reads the full 39-d state."""
+
+    window_size = 1
+    action_horizon = 1
+    cameras = ()
+
+    def __init__(self):
+        self._expert = None
+
+    def reset(self, task: str, instruction: str) -> None:
+        del instruction  # the expert is task-specific and ignores language
+        from metaworld.policies import ENV_POLICY_MAP  # imports mujoco: only where episodes run
+
+        (task,) = resolve_tasks([task])
+        self._expert = ENV_POLICY_MAP[task]()
+
+    def __call__(self, observation_window, rng):
+        del rng
+        state_39 = observation_window["state"][-1]
+        return np.clip(np.asarray(self._expert.get_action(state_39), np.float32), -1.0, 1.0)[None]
+
+
+class RandomPolicy:
+    """Uniform actions in [-1, 1]: the floor every learned policy must clear."""
+
+    window_size = 1
+    cameras = ()
+
+    def __init__(self, action_dim: int = METAWORLD_ACTION_DIM, action_horizon: int = 1):
+        self.action_dim = action_dim
+        self.action_horizon = action_horizon
+
+    def reset(self, task: str, instruction: str) -> None:
+        del task, instruction
+
+    def __call__(self, observation_window, rng):
+        del observation_window
+        return rng.uniform(-1.0, 1.0, (self.action_horizon, self.action_dim)).astype(np.float32)
+
+
+class CheckpointPolicy:
+    """A trained policy model: language task, history window in, action chunk of the last step out.
+
+    `model` is what `PolicyModel.load_pretrained(run_dir)` returns: it has `example_batch` (the
+    batch contract, which fixes cameras, image sizes, window and chunk shapes), `dataset_statistics`
+    ({dataset name: statistics}), `create_tasks(texts=...)` and `sample_actions(observation, task,
+    *, rng, unnormalization_statistics)` returning normalized-then-unnormalized actions [B, H, A].
+    Proprio is normalized here exactly as the data pipeline normalized it for training.
+    """
+
+    def __init__(self, model: Any, *, dataset_name: str | None = None, proprio_normalization: Mapping | None = None):
+        self.model = model
+        example_observation = model.example_batch["observation"]
+        self.image_sizes = {
+            key.removeprefix("image_"): tuple(value.shape[-3:-1])
+            for key, value in example_observation.items() if key.startswith("image_")
+        }
+        self.cameras = tuple(self.image_sizes)
+        self.window_size = example_observation["timestep_pad_mask"].shape[1]
+        _, _, self.action_horizon, self.action_dim = model.example_batch["action"].shape
+        names = sorted(model.dataset_statistics)
+        if dataset_name is None and len(names) != 1:
+            raise InputError(f"the checkpoint was trained on several datasets ({', '.join(names)}); expected --dataset_name to pick whose action statistics to use")
+        self.dataset_name = dataset_name or names[0]
+        if self.dataset_name not in model.dataset_statistics:
+            raise InputError(f"dataset_name '{self.dataset_name}' has no statistics in the checkpoint; expected one of {', '.join(names)}")
+        self.statistics = model.dataset_statistics[self.dataset_name]
+        self.proprio_normalization = dict(proprio_normalization or {"normalization_type": "normal", "mask": None})
+        self._task = None
+
+    def check_fits(self, env_cameras: Sequence[str], action_dim: int) -> None:
+        """One clear error when the environment cannot feed this checkpoint or run its actions."""
+        if self.action_dim != action_dim:
+            raise InputError(f"the checkpoint predicts {self.action_dim}-d actions; the environment expects {action_dim}-d actions")
+        missing = sorted(set(self.cameras) - set(env_cameras))
+        if missing:
+            raise InputError(f"the checkpoint reads camera(s) {missing}; the environment renders {sorted(env_cameras)}")
+
+    def reset(self, task: str, instruction: str) -> None:
+        del task
+        self._task = self.model.create_tasks(texts=[instruction])
+
+    def _model_observation(self, observation_window) -> dict:
+        from octo_like.data.frame_transforms import resize_images  # the training resize, bit for bit
+        from octo_like.data.normalization import normalize
+
+        observation = {"timestep_pad_mask": observation_window["timestep_pad_mask"][None],
+                       "timestep": observation_window["timestep"][None]}
+        for camera, size in self.image_sizes.items():
+            observation[f"image_{camera}"] = np.asarray(resize_images(observation_window[f"image_{camera}"], size))[None]
+        if "proprio" in self.model.example_batch["observation"]:
+            observation["proprio"] = normalize(
+                observation_window["proprio"], self.statistics["proprio"],
+                self.proprio_normalization["normalization_type"], self.proprio_normalization["mask"],
+            ).astype(np.float32)[None]
+        observation["pad_mask_dict"] = {
+            key: np.ones_like(observation["timestep_pad_mask"]) for key in observation if key.startswith(("image_", "proprio"))
+        }
+        return observation
+
+    def __call__(self, observation_window, rng):
+        import jax
+
+        key = jax.random.key(int(rng.integers(2**31)))
+        actions_BHA = self.model.sample_actions(
+            self._model_observation(observation_window), self._task, rng=key,
+            unnormalization_statistics=self.statistics["action"],
+        )
+        return np.asarray(actions_BHA[0], np.float32)
+
+
+def load_checkpoint_policy(run_dir: str, step: int | None = None, dataset_name: str | None = None) -> CheckpointPolicy:
+    """The CheckpointPolicy of a run directory (the release format of `PolicyModel.save_pretrained`)."""
+    try:
+        from octo_like.model.policy import PolicyModel
+    except ImportError as error:
+        raise InputError(f"cannot load checkpoint '{run_dir}': the policy model is not available ({error})") from error
+    model = PolicyModel.load_pretrained(run_dir, step=step)
+    normalization = model.config["dataset"].get("dataset_kwargs", {})
+    return CheckpointPolicy(
+        model, dataset_name=dataset_name,
+        proprio_normalization={
+            "normalization_type": normalization.get("action_proprio_normalization_type", "normal"),
+            "mask": normalization.get("proprio_normalization_mask"),
+        },
+    )

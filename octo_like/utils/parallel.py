@@ -1,0 +1,52 @@
+"""Runs independent jobs in worker processes with a progress bar (Meta-World collection, evaluation)."""
+
+import concurrent.futures
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tqdm
+
+
+def map_in_processes(
+    run_batch: Callable[[list], list],
+    jobs: Sequence,
+    *,
+    num_workers: int | None = None,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+    desc: str = "",
+    unit: str = "job",
+    done_before: int = 0,
+    show_progress: bool = True,
+) -> list[Any]:
+    """`run_batch` over small batches of `jobs` in `num_workers` processes; the results, in any order.
+
+    `run_batch` and `initializer` must be importable module-level functions. Consecutive jobs
+    share a batch (a few per submission), so a worker that caches per-job-kind state (an
+    environment per task) builds little of it, while the progress bar still moves often. With
+    one worker, everything runs in this process. `done_before` starts the bar at that count.
+    """
+    jobs = list(jobs)
+    num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs) or 1))
+    batch_size = max(1, min(4, len(jobs) // (4 * num_workers)))
+    batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+    results = []
+    with tqdm.tqdm(total=done_before + len(jobs), initial=done_before, desc=desc, unit=unit,
+                   disable=not show_progress) as progress:
+        if num_workers == 1:
+            if initializer is not None:
+                initializer(*initargs)
+            for batch in batches:
+                results.extend(run_batch(batch))
+                progress.update(len(batch))
+            return results
+        # spawn: every worker starts its own MuJoCo/EGL and JAX state instead of inheriting ours.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=initializer,
+                                                    initargs=initargs) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(run_batch, batch) for batch in batches]):
+                results.extend(future.result())
+                progress.update(len(future.result()))
+    return results

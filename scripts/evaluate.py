@@ -1,0 +1,125 @@
+"""Closed-loop evaluation on Meta-World: success rates, videos and a chart.
+
+    python scripts/evaluate.py --policy=scripted --tasks=mt10 --episodes=20 --seed=0 \
+        --output_dir=runs/eval/scripted_mt10 [--videos_per_task=2] [--workers=8]
+    python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/RUN_DIR [--step=N] \
+        --tasks=mt10 --episodes=50 --output_dir=runs/eval/RUN [--instructions=heldout.json]
+
+Writes to --output_dir:
+  results.json          {"tasks": {task: {success_rate, episodes, mean_length, ci95}}, "mean_success_rate", "settings"}
+  results.md            the same as a markdown table
+  success_rates.png     bar chart with 95% intervals
+  episodes.jsonl        one line per episode: task, index, seed, instruction, success, length
+  videos/<task>/episode_<i>.mp4   the first --videos_per_task episodes of every task (both cameras side by side)
+
+--instructions=FILE.json ({task: [instruction, ...]}) replaces the instructions the policy is
+given, e.g. the held-out paraphrases (`--write_heldout_instructions=FILE.json` writes them).
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import flags
+
+import cli_common  # (puts the repo root on sys.path)
+from octo_like.eval.envs.metaworld_tasks import heldout_instructions, resolve_tasks
+from octo_like.eval.policies import RandomPolicy, ScriptedPolicy, load_checkpoint_policy
+from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_video
+from octo_like.eval.rollout import EvalSettings, evaluate
+from octo_like.utils import spec
+from octo_like.utils.errors import InputError
+from octo_like.utils.files import write_text_atomically
+
+_POLICY = flags.DEFINE_enum("policy", "scripted", ["scripted", "random", "checkpoint"], "Which policy to run.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory of a trained policy (--policy=checkpoint).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_DATASET_NAME = flags.DEFINE_string("dataset_name", None, "Whose action statistics to use, for multi-dataset checkpoints.")
+_TASKS = flags.DEFINE_string("tasks", "mt10", "Comma-separated task names or sets (mt10, mt50, mt50_train, mt50_heldout).")
+_EPISODES = flags.DEFINE_integer("episodes", 20, "Episodes per task.")
+_SEED = flags.DEFINE_integer("seed", 0, "Evaluation seed: fixes every episode's start, instruction and policy noise.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results, videos and the chart go.")
+_INSTRUCTIONS = flags.DEFINE_string("instructions", None, "JSON file {task: [instruction, ...]} given to the policy.")
+_VIDEOS = flags.DEFINE_integer("videos_per_task", 0, "Episodes per task saved as mp4.")
+_WORKERS = flags.DEFINE_integer("workers", None, "Parallel episode processes (default: one per CPU).")
+_MAX_STEPS = flags.DEFINE_integer("max_episode_steps", 500, "Steps after which an episode counts as failed.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Rendered image size (resized to the policy's inputs).")
+_EXEC_HORIZON = flags.DEFINE_integer("exec_horizon", None, "Actions run per predicted chunk (default: the whole chunk).")
+_TEMPORAL_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", False, "Predict every step and average overlapping chunks.")
+_EXP_WEIGHT = flags.DEFINE_float("exp_weight", 0.0, "Temporal ensemble weight decay (positive favours older predictions).")
+_WRITE_HELDOUT = flags.DEFINE_string("write_heldout_instructions", None, "Write the held-out paraphrases of --tasks to this JSON file and exit.")
+
+
+def read_instructions(path: str) -> dict[str, list[str]]:
+    if not os.path.isfile(path):
+        raise InputError(f"--instructions file '{path}' not found; expected a JSON file {{task: [instruction, ...]}}")
+    try:
+        with open(path) as file:
+            data = json.load(file)
+    except json.JSONDecodeError as error:
+        raise InputError(f"--instructions file '{path}' is not valid JSON ({error}); expected {{task: [instruction, ...]}}") from error
+    if not isinstance(data, dict) or not all(
+        isinstance(texts, list) and all(isinstance(text, str) for text in texts) for texts in data.values()
+    ):
+        raise InputError(f"--instructions file '{path}' must map task names to lists of strings")
+    return {resolve_tasks([task])[0]: texts for task, texts in data.items()}
+
+
+def policy_spec() -> dict:
+    if _POLICY.value == "checkpoint":
+        if not _CHECKPOINT.value:
+            raise InputError("--policy=checkpoint needs --checkpoint=RUN_DIR")
+        if not os.path.isdir(_CHECKPOINT.value):
+            raise InputError(f"--checkpoint '{_CHECKPOINT.value}' is not a directory; expected a run directory")
+        return spec.create(load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value)
+    return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
+
+
+def write_outputs(output_dir: str, settings: EvalSettings, episodes: list, results: dict) -> None:
+    for episode in episodes:
+        if episode.frames is not None:
+            write_video(os.path.join(output_dir, "videos", episode.task, f"episode_{episode.index}.mp4"), episode.frames)
+    lines = [
+        json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"})
+        for episode in episodes
+    ]
+    files = {
+        "episodes.jsonl": "\n".join(lines) + "\n",
+        "results.md": markdown_table(results),
+        "results.json": json.dumps(results, indent=2),
+    }
+    for name, text in files.items():  # results.json last: its presence means the rest is complete
+        write_text_atomically(os.path.join(output_dir, name), text)
+    plot_success_rates(results, os.path.join(output_dir, "success_rates.png"), title=f"{_POLICY.value} policy")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise InputError(f"unexpected arguments {argv[1:]}; only flags are accepted")
+    tasks = resolve_tasks(_TASKS.value)
+    if _WRITE_HELDOUT.value:
+        write_text_atomically(_WRITE_HELDOUT.value, json.dumps(heldout_instructions(tasks), indent=2))
+        print(f"wrote the held-out instructions of {len(tasks)} tasks to {_WRITE_HELDOUT.value}")
+        return
+    if not _OUTPUT_DIR.value:
+        raise InputError("--output_dir is required")
+    settings = EvalSettings(
+        tasks=tasks, episodes_per_task=_EPISODES.value, seed=_SEED.value, max_episode_steps=_MAX_STEPS.value,
+        image_size=_IMAGE_SIZE.value, exec_horizon=_EXEC_HORIZON.value, temporal_ensemble=_TEMPORAL_ENSEMBLE.value,
+        exp_weight=_EXP_WEIGHT.value, videos_per_task=_VIDEOS.value,
+        instructions=read_instructions(_INSTRUCTIONS.value) if _INSTRUCTIONS.value else None,
+    )
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    episodes = evaluate(policy_spec(), settings, num_workers=_WORKERS.value)
+    results = summarize(episodes)
+    results["settings"] = {
+        "policy": _POLICY.value, "checkpoint": _CHECKPOINT.value, "step": _STEP.value, "instructions": _INSTRUCTIONS.value,
+        **{key: value for key, value in dataclasses.asdict(settings).items() if key != "instructions"},
+    }
+    write_outputs(_OUTPUT_DIR.value, settings, episodes, results)
+    print(markdown_table(results), end="")
+    print(f"wrote {os.path.join(_OUTPUT_DIR.value, 'results.json')}")
+
+
+if __name__ == "__main__":
+    cli_common.run(main)
