@@ -57,8 +57,7 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
 def resize_images(images_NHWC: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """uint8 [N, h0, w0, 3] -> uint8 [N, h, w, 3]; unchanged (exact pixels) when already that size.
 
-    Evaluation calls this too (with numpy images), so a policy sees its camera images resized
-    exactly as in training.
+    Evaluation reproduces it without TensorFlow (`octo_like.eval.policies.resize_like_training`).
     """
     images_NHWC = tf.convert_to_tensor(images_NHWC)
     size = tuple(size)

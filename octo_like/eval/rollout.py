@@ -112,8 +112,8 @@ def run_episode(env, policy: Policy, settings: EvalSettings, task: str, index: i
 class _Worker:
     """A policy and one environment per task, kept for all the episodes one process runs."""
 
-    def __init__(self, policy: Policy, settings: EvalSettings):
-        self.policy, self.settings, self.envs = policy, settings, {}
+    def __init__(self, policy_spec: Mapping, settings: EvalSettings):
+        self.policy, self.settings, self.envs = spec_lib.instantiate(policy_spec), settings, {}
 
     def run(self, task: str, index: int) -> EpisodeResult:
         if task not in self.envs:
@@ -124,26 +124,26 @@ class _Worker:
 _WORKER: _Worker | None = None  # one per process
 
 
-def _init_worker(policy_spec: Mapping, settings: EvalSettings) -> None:
+def _run_batch(jobs: Sequence[tuple[Mapping, EvalSettings, str, int]]) -> list[EpisodeResult]:
     global _WORKER
-    _WORKER = _Worker(spec_lib.instantiate(policy_spec), settings)
-
-
-def _run_batch(jobs: Sequence[tuple[str, int]]) -> list[EpisodeResult]:
-    return [_WORKER.run(task, index) for task, index in jobs]
+    if _WORKER is None:
+        policy_spec, settings = jobs[0][:2]
+        _WORKER = _Worker(policy_spec, settings)
+        # Here rather than in the caller, so the policy (a model, maybe on a GPU) is loaded once
+        # per worker only; an InputError travels back to the caller as it is.
+        check_policy_fits(_WORKER.policy, settings)
+    return [_WORKER.run(task, index) for _, _, task, index in jobs]
 
 
 def evaluate(policy_spec: Mapping, settings: EvalSettings, num_workers: int | None = None,
              show_progress: bool = True) -> list[EpisodeResult]:
     """Runs every episode of every task; returns the results ordered by (task, index).
 
-    The policy is built from `policy_spec` here first, to check that it fits the environment
-    before any work starts, then once in every worker process.
+    Every worker process builds the policy from `policy_spec` once (a checkpoint policy loads its
+    model once per worker: use one worker for a model on a GPU).
     """
-    check_policy_fits(spec_lib.instantiate(policy_spec), settings)
-    jobs = [(task, index) for task in settings.tasks for index in range(settings.episodes_per_task)]
+    jobs = [(policy_spec, settings, task, index) for task in settings.tasks for index in range(settings.episodes_per_task)]
     results = map_in_processes(
-        _run_batch, jobs, num_workers=num_workers, initializer=_init_worker, initargs=(policy_spec, settings),
-        desc="Evaluating", unit="episode", show_progress=show_progress,
+        _run_batch, jobs, num_workers=num_workers, desc="Evaluating", unit="episode", show_progress=show_progress,
     )
     return sorted(results, key=lambda result: (settings.tasks.index(result.task), result.index))

@@ -14,8 +14,6 @@ def map_in_processes(
     jobs: Sequence,
     *,
     num_workers: int | None = None,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
     desc: str = "",
     unit: str = "job",
     done_before: int = 0,
@@ -23,10 +21,14 @@ def map_in_processes(
 ) -> list[Any]:
     """`run_batch` over small batches of `jobs` in `num_workers` processes; the results, in any order.
 
-    `run_batch` and `initializer` must be importable module-level functions. Consecutive jobs
+    `run_batch` must be an importable module-level function. Consecutive jobs
     share a batch (a few per submission), so a worker that caches per-job-kind state (an
-    environment per task) builds little of it, while the progress bar still moves often. With
-    one worker, everything runs in this process. `done_before` starts the bar at that count.
+    environment per task) builds little of it, while the progress bar still moves often.
+    `done_before` starts the bar at that count.
+
+    Jobs run in spawned processes even with one worker: MuJoCo's EGL rendering (Mesa's llvmpipe)
+    crashes in a process that has loaded TensorFlow (both carry LLVM), and the caller (a TFDS
+    builder, a notebook kernel) often has; a spawned worker starts clean.
     """
     jobs = list(jobs)
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs) or 1))
@@ -35,17 +37,8 @@ def map_in_processes(
     results = []
     with tqdm.tqdm(total=done_before + len(jobs), initial=done_before, desc=desc, unit=unit,
                    disable=not show_progress) as progress:
-        if num_workers == 1:
-            if initializer is not None:
-                initializer(*initargs)
-            for batch in batches:
-                results.extend(run_batch(batch))
-                progress.update(len(batch))
-            return results
-        # spawn: every worker starts its own MuJoCo/EGL and JAX state instead of inheriting ours.
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=initializer,
-                                                    initargs=initargs) as pool:
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
             for future in concurrent.futures.as_completed([pool.submit(run_batch, batch) for batch in batches]):
                 results.extend(future.result())
                 progress.update(len(future.result()))

@@ -20,8 +20,12 @@
 """
 
 import os
+import warnings
+import weakref
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# The scripted experts warn on every action whose gains exceed the [-1, 1] the env clips to anyway.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 
 import gymnasium as gym  # noqa: E402
 import metaworld  # noqa: E402
@@ -76,6 +80,9 @@ class MetaWorldEnv(gym.Env):
             self._renderer = mujoco.Renderer(model, image_size, image_size)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            # Free the GL context while the interpreter is still whole, also for environments
+            # never closed (those cached by worker processes): freed at exit, it raises.
+            weakref.finalize(self, self._renderer.close)
         spaces = {
             f"image_{name}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for name in self.cameras
         }
