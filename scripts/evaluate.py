@@ -109,8 +109,9 @@ def main(argv):
         exp_weight=_EXP_WEIGHT.value, videos_per_task=_VIDEOS.value,
         instructions=read_instructions(_INSTRUCTIONS.value) if _INSTRUCTIONS.value else None,
     )
+    policy = policy_spec()
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    episodes = evaluate(policy_spec(), settings, num_workers=_WORKERS.value)
+    episodes = evaluate(policy, settings, num_workers=_WORKERS.value)
     results = summarize(episodes)
     results["settings"] = {
         "policy": _POLICY.value, "checkpoint": _CHECKPOINT.value, "step": _STEP.value, "instructions": _INSTRUCTIONS.value,

@@ -1,0 +1,57 @@
+"""scripts/evaluate.py end to end, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_scripted_evaluation_writes_results_table_chart_episodes_and_videos(tmp_path):
+    output_dir = tmp_path / "eval"
+    result = evaluate("--policy=scripted", "--tasks=reach", "--episodes=2", "--videos_per_task=1", "--workers=1",
+                      "--image_size=48", f"--output_dir={output_dir}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["mean_success_rate"] == 1.0
+    assert results["tasks"]["reach-v3"]["episodes"] == 2 and results["tasks"]["reach-v3"]["ci95"][1] == 1.0
+    assert results["settings"]["policy"] == "scripted" and results["settings"]["seed"] == 0
+    episodes = [json.loads(line) for line in (output_dir / "episodes.jsonl").read_text().splitlines()]
+    assert [e["index"] for e in episodes] == [0, 1] and all(e["success"] for e in episodes)
+    assert "| reach-v3 | 1.00 |" in (output_dir / "results.md").read_text()
+    assert "| reach-v3 | 1.00 |" in result.stdout
+    assert (output_dir / "success_rates.png").stat().st_size > 1000
+    assert [p.name for p in (output_dir / "videos" / "reach-v3").iterdir()] == ["episode_0.mp4"]
+
+
+def test_heldout_instructions_round_trip_through_a_file(tmp_path):
+    path = tmp_path / "heldout.json"
+    result = evaluate("--tasks=reach,drawer-open", f"--write_heldout_instructions={path}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(path.read_text()) == {"reach-v3": ["put the hand at the target"], "drawer-open-v3": ["pull out the drawer"]}
+    result = evaluate("--policy=random", "--tasks=reach", "--episodes=1", "--max_episode_steps=5",
+                      f"--instructions={path}", f"--output_dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    episode = json.loads((tmp_path / "eval" / "episodes.jsonl").read_text())
+    assert episode["instruction"] == "put the hand at the target" and episode["length"] == 5
+
+
+def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
+    cases = {
+        ("--tasks=reach,fly", f"--output_dir={tmp_path}"): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
+        ("--policy=checkpoint", f"--checkpoint={tmp_path / 'nope'}", f"--output_dir={tmp_path}"): "is not a directory; expected a run directory",
+        ("--tasks=reach", "--instructions=/no/such.json", f"--output_dir={tmp_path}"): "--instructions file '/no/such.json' not found",
+        ("--tasks=reach",): "error: --output_dir is required",
+    }
+    for args, message in cases.items():
+        result = evaluate(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+    assert not any(tmp_path.iterdir())  # nothing written
