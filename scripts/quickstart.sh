@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: set up .venv, build the embedded synthetic RLDS dataset into
-# data/tensorflow_datasets (skipped when built), and run the main job on it.
+# One command on a fresh machine: set up .venv, build the embedded datasets into
+# data/tensorflow_datasets (each skipped once built), and run the main job on them:
+#   1. the synthetic RLDS dataset -> its statistics, one training batch and the pipeline throughput;
+#   2. a small Meta-World dataset of scripted demonstrations (3 tasks x 6 episodes, 64x64 cameras)
+#      -> the same summary of its batches;
+#   3. closed-loop evaluation of the scripted expert on those tasks -> runs/quickstart/eval_scripted/
+#      (results.json, results.md, success_rates.png, episodes.jsonl, videos/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 data_dir=${OCTO_LIKE_DATA_DIR:-data/tensorflow_datasets}
+tasks=reach,drawer-open,button-press-topdown
+
 .venv/bin/python -m data_pipelines.synthetic.build --data_dir "$data_dir"
 .venv/bin/python scripts/inspect_data.py --config experiments/configs/synthetic.py:default \
   --config.dataset.data_dir="$data_dir" "$@"
+
+.venv/bin/python -m data_pipelines.metaworld.build --data_dir "$data_dir" --name quickstart \
+  --tasks "$tasks" --episodes_per_task 6 --image_size 64
+.venv/bin/python scripts/inspect_data.py --config experiments/configs/synthetic.py:default \
+  --config.dataset.mixture=metaworld/quickstart --config.dataset.data_dir="$data_dir" --seconds 1
+
+.venv/bin/python scripts/evaluate.py --policy=scripted --tasks="$tasks" --episodes=4 \
+  --videos_per_task=1 --image_size=64 --output_dir=runs/quickstart/eval_scripted

@@ -15,7 +15,7 @@ import json
 import os
 import re
 
-from absl import flags
+from absl import flags, logging
 
 import octo_like  # noqa: F401  (quiet TensorFlow, set before it is imported)
 from data_pipelines.metaworld.builder import Metaworld, MetaworldConfig
@@ -55,7 +55,14 @@ def build(data_dir: str, name: str, settings: CollectionSettings, *, val_fractio
         name=name, description=f"{settings.episodes_per_task} scripted episodes of each of {len(settings.tasks)} tasks",
         episodes_dir=episodes_dir, settings=settings, val_fraction=val_fraction,
     )
-    builder = Metaworld(config=config, data_dir=data_dir)
+    # Every collection is its own config, which TFDS announces with the whole config dataclass as
+    # a warning ("Using custom data configuration"); that line says nothing the user did not ask for.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        builder = Metaworld(config=config, data_dir=data_dir)
+    finally:
+        logging.set_verbosity(verbosity)
     builder.download_and_prepare(file_format="tfrecord")
     return builder.data_dir, counts
 
