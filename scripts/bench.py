@@ -1,29 +1,45 @@
 """Benchmarks, printed as JSON.
 
     python scripts/bench.py data --config experiments/configs/synthetic.py:default [--seconds 10]
+    python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
 restructure, normalize, chunk), frames/s (plus decode, resize, augment) and batches/s (the full
 pipeline, shuffle and batch included), each with all parallelism on and with one thread per stage,
 and their ratio side by side.
+
+`env`: Meta-World simulation speed, each figure the mean over `--tasks`: frames/s of one camera
+rendered as MetaWorldEnv renders (no multisampling, shadows or reflections) and, side by side, by
+the default gymnasium/Meta-World renderer (`render_mode="rgb_array"`), with their ratio; physics
+steps/s with no rendering; and the wall time of one scripted-expert episode with both cameras
+rendered (reset included), with episodes/s.
 """
 
 import json
 import os
+import time
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 import cli_common  # (puts the repo root on sys.path)
-from octo_like.data.throughput import data_throughput
+from octo_like.eval.envs.metaworld_tasks import resolve_tasks
 from octo_like.utils.errors import InputError
+from octo_like.utils.timing import calls_per_second
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Measuring time per figure, after warm-up.")
-BENCHMARKS = ("data",)
+_TASKS = flags.DEFINE_string("tasks", "reach,drawer-open,button-press-topdown", "env: Meta-World tasks (comma-separated).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "env: rendered image height and width.")
+BENCHMARKS = ("data", "env")
+RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
 def bench_data(config, seconds: float) -> dict:
+    # Imports tensorflow, which must stay out of `env`'s process: MuJoCo's EGL renderer segfaults beside it.
+    from octo_like.data.throughput import data_throughput
+
     dataset_config = config.dataset.to_dict()
     parallel = data_throughput(dataset_config, seconds)
     serial = data_throughput(dataset_config, seconds, serial=True)
@@ -39,12 +55,103 @@ def bench_data(config, seconds: float) -> dict:
     }
 
 
+def fast_render_fps(task: str, image_size: int, seconds: float) -> float:
+    from octo_like.eval.envs.metaworld import MetaWorldEnv  # imports mujoco: only where it runs
+
+    env = MetaWorldEnv(task, cameras={"primary": RENDER_CAMERA}, image_size=image_size)
+    env.reset(seed=0)
+    fps = calls_per_second(env.render_cameras, seconds)
+    env.close()
+    return fps
+
+
+def default_render_fps(task: str, image_size: int, seconds: float) -> float:
+    import metaworld
+
+    benchmark = metaworld.MT1(task, seed=0)
+    env = benchmark.train_classes[task](render_mode="rgb_array", camera_name=RENDER_CAMERA, width=image_size, height=image_size)
+    env.set_task(benchmark.train_tasks[0])
+    env.reset(seed=0)
+    fps = calls_per_second(env.render, seconds)
+    env.close()
+    return fps
+
+
+def physics_steps_per_s(task: str, seconds: float) -> float:
+    from octo_like.eval.envs.metaworld import MetaWorldEnv
+
+    env = MetaWorldEnv(task, cameras={})
+    env.reset(seed=0)
+    env.action_space.seed(0)
+
+    def step():
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset(seed=0)
+
+    steps_per_s = calls_per_second(step, seconds)
+    env.close()
+    return steps_per_s
+
+
+def scripted_episodes(task: str, image_size: int, seconds: float) -> tuple[float, float]:
+    """(mean wall time, mean steps) of scripted-expert episodes with both cameras, run for `seconds` (at least one)."""
+    from octo_like.eval.envs.metaworld import DEFAULT_CAMERAS, MetaWorldEnv
+
+    env = MetaWorldEnv(task, cameras=DEFAULT_CAMERAS, image_size=image_size)
+    env.reset(seed=0)  # warm-up: the first render sets up the GL context
+    durations, lengths = [], []
+    while sum(durations) < seconds:
+        start = time.perf_counter()
+        env.reset(seed=len(durations))
+        while True:
+            _, _, terminated, truncated, _ = env.step(env.expert_action())
+            if terminated or truncated:
+                break
+        durations.append(time.perf_counter() - start)
+        lengths.append(env.num_steps)
+    env.close()
+    return float(np.mean(durations)), float(np.mean(lengths))
+
+
+def bench_env(tasks: list[str], image_size: int, seconds: float) -> dict:
+    from octo_like.eval.envs.metaworld import DEFAULT_CAMERAS
+
+    seconds_per_task = seconds / len(tasks)
+    fast = np.mean([fast_render_fps(task, image_size, seconds_per_task) for task in tasks])
+    default = np.mean([default_render_fps(task, image_size, seconds_per_task) for task in tasks])
+    physics = np.mean([physics_steps_per_s(task, seconds_per_task) for task in tasks])
+    episode_s, episode_steps = np.mean([scripted_episodes(task, image_size, seconds_per_task) for task in tasks], axis=0)
+    return {
+        "benchmark": "env",
+        "tasks": tasks,
+        "image_size": image_size,
+        "mujoco_gl": os.environ["MUJOCO_GL"],
+        "cpu_count": os.cpu_count(),
+        "render_fps": {"camera": RENDER_CAMERA, "fast": fast, "default": default, "fast_over_default": fast / default},
+        "physics_steps_per_s": physics,
+        "scripted_episode": {
+            "cameras": list(DEFAULT_CAMERAS.values()),
+            "seconds": episode_s,
+            "steps": episode_steps,
+            "episodes_per_s": 1.0 / episode_s,
+        },
+    }
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in BENCHMARKS:
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
-    if _CONFIG.value is None:
-        raise InputError("--config is required, e.g. --config experiments/configs/synthetic.py:default")
-    result = bench_data(_CONFIG.value, _SECONDS.value)
+    if _SECONDS.value <= 0:
+        raise InputError(f"--seconds={_SECONDS.value}; expected a positive number")
+    if argv[1] == "data":
+        if _CONFIG.value is None:
+            raise InputError("--config is required, e.g. --config experiments/configs/synthetic.py:default")
+        result = bench_data(_CONFIG.value, _SECONDS.value)
+    else:
+        if _IMAGE_SIZE.value < 1:
+            raise InputError(f"--image_size={_IMAGE_SIZE.value}; expected a positive number of pixels")
+        result = bench_env(resolve_tasks(_TASKS.value), _IMAGE_SIZE.value, _SECONDS.value)
     print(json.dumps(result, indent=2))
 
 

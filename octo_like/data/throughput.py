@@ -1,24 +1,11 @@
 """Throughput of a config's data pipeline, stage by stage (used by `bench.py data` and `inspect_data.py`)."""
 
-import time
-from collections.abc import Iterator
-
 from octo_like.data.dlataset import AUTOTUNE
 from octo_like.data.frame_transforms import apply_frame_transforms
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.data.rlds import make_dataset_from_rlds
 from octo_like.data.traj_transforms import apply_trajectory_transforms
-
-
-def measure_rate(iterator: Iterator, seconds: float, warmup: int = 3) -> float:
-    """Elements per second drawn from `iterator` over about `seconds`, after `warmup` elements."""
-    for _ in range(warmup):
-        next(iterator)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(iterator)
-        count += 1
-    return count / (time.perf_counter() - start)
+from octo_like.utils.timing import calls_per_second
 
 
 def data_throughput(dataset_config: dict, seconds: float, *, serial: bool = False) -> dict[str, float]:
@@ -48,7 +35,7 @@ def data_throughput(dataset_config: dict, seconds: float, *, serial: bool = Fals
         **{"num_parallel_calls": threads, **config["frame_transform_kwargs"]},
     )
     return {
-        "trajectories_per_s": measure_rate(trajectories.iterator(), seconds),
-        "frames_per_s": measure_rate(frames.iterator(), seconds),
-        "batches_per_s": measure_rate(batches.iterator(), seconds),
+        "trajectories_per_s": calls_per_second(trajectories.iterator().__next__, seconds, warmup=3),
+        "frames_per_s": calls_per_second(frames.iterator().__next__, seconds, warmup=3),
+        "batches_per_s": calls_per_second(batches.iterator().__next__, seconds, warmup=3),
     }

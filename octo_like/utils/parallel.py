@@ -39,7 +39,21 @@ def map_in_processes(
                    disable=not show_progress) as progress:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(run_batch, batch) for batch in batches]):
-                results.extend(future.result())
-                progress.update(len(future.result()))
+            futures = [pool.submit(run_batch, batch) for batch in batches]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    results.extend(future.result())
+                    progress.update(len(future.result()))
+            except BaseException:
+                # A failed job (or Ctrl-C) ends the run: drop the batches not started yet.
+                for future in futures:
+                    future.cancel()
+                raise
     return results
+
+
+def run_in_spawned_process(function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` in a fresh spawned process (to render where TensorFlow may be loaded)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(function, *args, **kwargs).result()

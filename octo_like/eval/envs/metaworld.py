@@ -93,16 +93,21 @@ class MetaWorldEnv(gym.Env):
         self._state_39 = None
         self._num_steps = 0
 
-    def _observation(self, state_39: np.ndarray) -> dict[str, np.ndarray]:
-        observation = {
-            "proprio": state_39[:PROPRIO_DIM].astype(np.float32),
-            "state": state_39.astype(np.float32),
-        }
+    def render_cameras(self) -> dict[str, np.ndarray]:
+        """{"image_<name>": uint8[S, S, 3]} of every camera, in the current state."""
+        images = {}
         for name, camera in self.cameras.items():
             self._renderer.update_scene(self._env.data, camera=camera)
             image = self._renderer.render()
-            observation[f"image_{name}"] = np.ascontiguousarray(image[::-1] if camera in UPSIDE_DOWN_CAMERAS else image)
-        return observation
+            images[f"image_{name}"] = np.ascontiguousarray(image[::-1] if camera in UPSIDE_DOWN_CAMERAS else image)
+        return images
+
+    def _observation(self, state_39: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "proprio": state_39[:PROPRIO_DIM].astype(np.float32),
+            "state": state_39.astype(np.float32),
+            **self.render_cameras(),
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
