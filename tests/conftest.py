@@ -13,7 +13,7 @@ import octo_like  # noqa: E402,F401  (quiet, deterministic TensorFlow settings)
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> str:
     """A TFDS data dir holding both configs of the synthetic RLDS dataset, built once per session."""
-    from data_pipelines.synthetic.build import build
+    from data_pipelines.synthetic.builder import build
 
     data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
     build(data_dir, ["default", "no_wrist"])

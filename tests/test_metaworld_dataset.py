@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.metaworld.build import build
+from data_pipelines.metaworld.builder import build
 from data_pipelines.metaworld.collect import CollectionSettings, collect, episode_path, EpisodeJob, load_episode
 from octo_like.data.mixtures import make_named_mixture
 from octo_like.data.rlds import make_dataset_from_rlds

@@ -12,14 +12,12 @@ Tasks: names (`reach-v3` or `reach`), or the sets mt10, mt50, mt50_train, mt50_h
 """
 
 import json
-import os
-import re
 
-from absl import flags, logging
+from absl import flags
 
 import octo_like  # noqa: F401  (quiet TensorFlow, set before it is imported)
-from data_pipelines.metaworld.builder import Metaworld, MetaworldConfig
-from data_pipelines.metaworld.collect import CollectionSettings, collect
+from data_pipelines.metaworld.builder import build
+from data_pipelines.metaworld.collect import CollectionSettings
 from octo_like.eval.envs.metaworld_tasks import TASK_SETS, resolve_tasks
 from octo_like.utils.cli import run_cli
 from octo_like.utils.errors import InputError
@@ -38,33 +36,6 @@ _MAX_STEPS = flags.DEFINE_integer("max_episode_steps", 500, "Steps after which a
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Fraction of each task's episodes in the val split.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Collection processes (default: one per CPU).")
 _SEED = flags.DEFINE_integer("seed", 0, "Collection seed.")
-
-
-def build(data_dir: str, name: str, settings: CollectionSettings, *, val_fraction: float = 0.1,
-          workers: int | None = None) -> tuple[str, dict]:
-    """Collects what is missing, then writes the dataset; returns (version directory, counts)."""
-    if not re.fullmatch(r"[\w\-.]+", name):
-        raise InputError(f"dataset name '{name}' has characters TFDS does not allow; expected letters, digits, _ - .")
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"val_fraction={val_fraction}; expected a fraction in [0, 1)")
-    episodes_dir = os.path.join(data_dir, "downloads", "metaworld", name)
-    counts = collect(settings, episodes_dir, num_workers=workers)
-    if counts["episodes"] == 0:
-        raise InputError(f"no episode of {list(settings.tasks)} succeeded; see the failure records in '{episodes_dir}'")
-    config = MetaworldConfig(
-        name=name, description=f"{settings.episodes_per_task} scripted episodes of each of {len(settings.tasks)} tasks",
-        episodes_dir=episodes_dir, settings=settings, val_fraction=val_fraction,
-    )
-    # Every collection is its own config, which TFDS announces with the whole config dataclass as
-    # a warning ("Using custom data configuration"); that line says nothing the user did not ask for.
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    try:
-        builder = Metaworld(config=config, data_dir=data_dir)
-    finally:
-        logging.set_verbosity(verbosity)
-    builder.download_and_prepare(file_format="tfrecord")
-    return builder.data_dir, counts
 
 
 def main(argv):

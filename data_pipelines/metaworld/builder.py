@@ -17,17 +17,22 @@ size, action noise). Per step:
 `episode_metadata`: task, episode_index, attempt, seed, variation, success.
 
 Splits: `train`, and `val` holding the last `val_fraction` of every task's episode indices, so both
-splits cover every task. Build with `python -m data_pipelines.metaworld.build`.
+splits cover every task. `build()` collects and writes it; the CLI is
+`python -m data_pipelines.metaworld.build`.
 """
 
 import dataclasses
 import glob
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from data_pipelines.metaworld.collect import CollectionSettings, load_episode
+from data_pipelines.metaworld.collect import CollectionSettings, collect, load_episode
+from data_pipelines.rlds_features import standard_step_features
+from octo_like.utils.errors import InputError
 
 DATASET_VERSION = "1.0.0"
 
@@ -66,12 +71,7 @@ class Metaworld(tfds.core.GeneratorBasedBuilder):
                         ),
                         "action": vector(4),
                         "executed_action": vector(4),
-                        "reward": tfds.features.Scalar(dtype=np.float32),
-                        "discount": tfds.features.Scalar(dtype=np.float32),
-                        "is_first": tfds.features.Scalar(dtype=np.bool_),
-                        "is_last": tfds.features.Scalar(dtype=np.bool_),
-                        "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-                        "language_instruction": tfds.features.Text(),
+                        **standard_step_features(),
                     }
                 ),
                 "episode_metadata": tfds.features.FeaturesDict(
@@ -130,3 +130,30 @@ class Metaworld(tfds.core.GeneratorBasedBuilder):
                     "success": metadata["success"],
                 },
             }
+
+
+def build(data_dir: str, name: str, settings: CollectionSettings, *, val_fraction: float = 0.1,
+          workers: int | None = None) -> tuple[str, dict]:
+    """Collects what is missing, then writes the dataset; returns (version directory, counts)."""
+    if not re.fullmatch(r"[\w\-.]+", name):
+        raise InputError(f"dataset name '{name}' has characters TFDS does not allow; expected letters, digits, _ - .")
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction={val_fraction}; expected a fraction in [0, 1)")
+    episodes_dir = os.path.join(data_dir, "downloads", "metaworld", name)
+    counts = collect(settings, episodes_dir, num_workers=workers)
+    if counts["episodes"] == 0:
+        raise InputError(f"no episode of {list(settings.tasks)} succeeded; see the failure records in '{episodes_dir}'")
+    config = MetaworldConfig(
+        name=name, description=f"{settings.episodes_per_task} scripted episodes of each of {len(settings.tasks)} tasks",
+        episodes_dir=episodes_dir, settings=settings, val_fraction=val_fraction,
+    )
+    # Every collection is its own config, which TFDS announces with the whole config dataclass as
+    # a warning ("Using custom data configuration"); that line says nothing the user did not ask for.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        builder = Metaworld(config=config, data_dir=data_dir)
+    finally:
+        logging.set_verbosity(verbosity)
+    builder.download_and_prepare(file_format="tfrecord")
+    return builder.data_dir, counts

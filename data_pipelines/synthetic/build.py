@@ -10,26 +10,12 @@ an interrupted build leaves no half-written version; already-built configs are s
 from absl import flags
 
 import octo_like  # noqa: F401  (quiet TensorFlow, set before it is imported)
-from data_pipelines.synthetic.builder import SyntheticRlds
+from data_pipelines.synthetic.builder import build
 from octo_like.utils.cli import run_cli
 from octo_like.utils.errors import InputError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/tensorflow_datasets", "TFDS data directory to write into.")
 _CONFIGS = flags.DEFINE_list("configs", ["default", "no_wrist"], "Builder configs to build.")
-
-
-def build(data_dir: str, configs: list[str]) -> list[str]:
-    """Builds each config (skipping finished ones); returns the dataset version directories."""
-    valid = [config.name for config in SyntheticRlds.BUILDER_CONFIGS]
-    unknown = [config for config in configs if config not in valid]
-    if unknown:
-        raise InputError(f"unknown synthetic config(s) {unknown}; expected some of {valid}")
-    paths = []
-    for config in configs:
-        builder = SyntheticRlds(config=config, data_dir=data_dir)
-        builder.download_and_prepare(file_format="tfrecord")
-        paths.append(builder.data_dir)
-    return paths
 
 
 def main(argv):

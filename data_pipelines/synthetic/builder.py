@@ -24,6 +24,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.rlds_features import standard_step_features
+from octo_like.utils.errors import InputError
+
 INSTRUCTIONS = (
     "pick up the red block",
     "push the button",
@@ -115,12 +118,7 @@ class SyntheticRlds(tfds.core.GeneratorBasedBuilder):
                     {
                         "observation": tfds.features.FeaturesDict(observation),
                         "action": tfds.features.Tensor(shape=(config.action_dim,), dtype=np.float32),
-                        "reward": tfds.features.Scalar(dtype=np.float32),
-                        "discount": tfds.features.Scalar(dtype=np.float32),
-                        "is_first": tfds.features.Scalar(dtype=np.bool_),
-                        "is_last": tfds.features.Scalar(dtype=np.bool_),
-                        "is_terminal": tfds.features.Scalar(dtype=np.bool_),
-                        "language_instruction": tfds.features.Text(),
+                        **standard_step_features(),
                     }
                 ),
                 "episode_metadata": tfds.features.FeaturesDict(
@@ -156,3 +154,17 @@ class SyntheticRlds(tfds.core.GeneratorBasedBuilder):
                     }
                 )
             yield f"episode_{episode}", {"steps": steps, "episode_metadata": {"episode_id": episode}}
+
+
+def build(data_dir: str, configs: list[str]) -> list[str]:
+    """Builds each config (skipping finished ones); returns the dataset version directories."""
+    valid = [config.name for config in SyntheticRlds.BUILDER_CONFIGS]
+    unknown = [config for config in configs if config not in valid]
+    if unknown:
+        raise InputError(f"unknown synthetic config(s) {unknown}; expected some of {valid}")
+    paths = []
+    for config in configs:
+        builder = SyntheticRlds(config=config, data_dir=data_dir)
+        builder.download_and_prepare(file_format="tfrecord")
+        paths.append(builder.data_dir)
+    return paths
