@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from octo_like.data import normalization
+from octo_like.utils import normalization
 from octo_like.data import statistics as statistics_lib
 from octo_like.data.dlataset import DLataset
-from octo_like.data.normalization import normalize, unnormalize
+from octo_like.utils.normalization import normalize, unnormalize
 from octo_like.utils.errors import InputError
 
 TYPES = normalization.NORMALIZATION_TYPES
@@ -222,7 +222,7 @@ def test_module_does_not_import_tensorflow_or_jax():
     import sys
 
     code = (
-        "import sys; import octo_like.data.normalization; "
+        "import sys; import octo_like.utils.normalization; "
         "bad = [m for m in ('tensorflow', 'jax') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from octo_like.data import statistics as statistics_lib
 from octo_like.data.dlataset import AUTOTUNE, DLataset
-from octo_like.data.normalization import check_normalization_type
+from octo_like.utils.normalization import check_normalization_type
 from octo_like.data.traj_transforms import has_language
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.errors import InputError

@@ -29,7 +29,7 @@ import tensorflow.experimental.numpy as tnp
 import tqdm
 from absl import logging
 
-from octo_like.data import normalization
+from octo_like.utils import normalization
 from octo_like.data.dlataset import DLataset
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically

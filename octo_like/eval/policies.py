@@ -103,10 +103,11 @@ class CheckpointPolicy:
     batch contract, which fixes cameras, image sizes, window and chunk shapes), `dataset_statistics`
     ({dataset name: statistics}), `create_tasks(texts=...)` and `sample_actions(observation, task,
     *, rng, unnormalization_statistics)` returning normalized-then-unnormalized actions [B, H, A].
-    Proprio is normalized here exactly as the data pipeline normalized it for training.
+    Proprio is normalized here exactly as the data pipeline normalized it for training: the
+    statistics carry the normalization type and mask (`policy.with_normalization_settings`).
     """
 
-    def __init__(self, model: Any, *, dataset_name: str | None = None, proprio_normalization: Mapping | None = None):
+    def __init__(self, model: Any, *, dataset_name: str | None = None):
         self.model = model
         example_observation = model.example_batch["observation"]
         self.image_sizes = {
@@ -123,7 +124,6 @@ class CheckpointPolicy:
         if self.dataset_name not in model.dataset_statistics:
             raise InputError(f"dataset_name '{self.dataset_name}' has no statistics in the checkpoint; expected one of {', '.join(names)}")
         self.statistics = model.dataset_statistics[self.dataset_name]
-        self.proprio_normalization = dict(proprio_normalization or {"normalization_type": "normal", "mask": None})
         self._task = None
 
     def check_fits(self, env_cameras: Sequence[str], action_dim: int) -> None:
@@ -139,16 +139,18 @@ class CheckpointPolicy:
         self._task = self.model.create_tasks(texts=[instruction])
 
     def _model_observation(self, observation_window) -> dict:
-        from octo_like.data.normalization import normalize
+        from octo_like.utils.normalization import normalize
 
         observation = {"timestep_pad_mask": observation_window["timestep_pad_mask"][None],
                        "timestep": observation_window["timestep"][None]}
         for camera, size in self.image_sizes.items():
             observation[f"image_{camera}"] = resize_like_training(observation_window[f"image_{camera}"], size)[None]
         if "proprio" in self.model.example_batch["observation"]:
+            stats = self.statistics["proprio"]
+            mask = stats.get("mask")
             observation["proprio"] = normalize(
-                observation_window["proprio"], self.statistics["proprio"],
-                self.proprio_normalization["normalization_type"], self.proprio_normalization["mask"],
+                observation_window["proprio"], stats, str(stats.get("normalization_type", "normal")),
+                None if mask is None else np.asarray(mask, bool),
             ).astype(np.float32)[None]
         observation["pad_mask_dict"] = {
             key: np.ones_like(observation["timestep_pad_mask"]) for key in observation if key.startswith(("image_", "proprio"))
@@ -168,16 +170,6 @@ class CheckpointPolicy:
 
 def load_checkpoint_policy(run_dir: str, step: int | None = None, dataset_name: str | None = None) -> CheckpointPolicy:
     """The CheckpointPolicy of a run directory (the release format of `PolicyModel.save_pretrained`)."""
-    try:
-        from octo_like.model.policy import PolicyModel
-    except ImportError as error:
-        raise InputError(f"cannot load checkpoint '{run_dir}': the policy model is not available ({error})") from error
-    model = PolicyModel.load_pretrained(run_dir, step=step)
-    normalization = model.config["dataset"].get("dataset_kwargs", {})
-    return CheckpointPolicy(
-        model, dataset_name=dataset_name,
-        proprio_normalization={
-            "normalization_type": normalization.get("action_proprio_normalization_type", "normal"),
-            "mask": normalization.get("proprio_normalization_mask"),
-        },
-    )
+    from octo_like.model.policy import PolicyModel
+
+    return CheckpointPolicy(PolicyModel.load_pretrained(run_dir, step=step), dataset_name=dataset_name)

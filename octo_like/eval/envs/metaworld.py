@@ -44,6 +44,13 @@ STATE_DIM = 39
 ACTION_DIM = 4
 
 
+def _close_renderer(renderer: mujoco.Renderer) -> None:
+    try:
+        renderer.close()
+    except Exception:  # noqa: BLE001  at process exit EGL may already be torn down; nothing is left to free
+        pass
+
+
 class MetaWorldEnv(gym.Env):
     """One Meta-World task; observations are dicts of camera images, proprio and the full state."""
 
@@ -81,8 +88,8 @@ class MetaWorldEnv(gym.Env):
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
             # Free the GL context while the interpreter is still whole, also for environments
-            # never closed (those cached by worker processes): freed at exit, it raises.
-            weakref.finalize(self, self._renderer.close)
+            # never closed (those cached by worker processes): left to interpreter teardown, it raises.
+            weakref.finalize(self, _close_renderer, self._renderer)
         spaces = {
             f"image_{name}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for name in self.cameras
         }

@@ -1,0 +1,270 @@
+"""Frozen BERT sentence encoder (all-MiniLM-L6-v2) in Flax, loaded from transformers' safetensors.
+
+Axis letters: B batch, L tokens, C hidden size, N attention heads, H head size, F intermediate size.
+
+The encoder is the plain BERT stack (word + absolute position + token-type-0 embeddings, post-
+LayerNorm layers with exact-erf GELU) and returns the last hidden states; the policy keeps one
+token per word piece, so the sentence-transformers mean pooling is not applied here. Freezing is the
+caller's job (an optimizer mask or `jax.lax.stop_gradient`): the module itself is trainable Flax.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import tokenizers
+from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors import safe_open
+
+from octo_like.utils.assets import installed_minilm_dir
+from octo_like.utils.errors import InputError
+from octo_like.utils.text import FixedLengthTokenizer
+
+# config.json key (as transformers writes it) -> BertConfig field.
+_CONFIG_KEYS = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "layer_norm_eps": "layer_norm_eps",
+}
+
+# Flax module name -> transformers module name, for the embeddings and inside `encoder.layer.<i>`.
+_EMBEDDING_TORCH_NAMES = {
+    "word_embeddings": "word_embeddings",
+    "position_embeddings": "position_embeddings",
+    "token_type_embeddings": "token_type_embeddings",
+    "embedding_layer_norm": "LayerNorm",
+}
+_LAYER_TORCH_NAMES = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "attention_layer_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
+}
+_LEAF_TORCH_NAMES = {"embedding": "weight", "kernel": "weight", "scale": "weight", "bias": "bias"}
+
+# Tensors a BERT checkpoint may hold that the last hidden states do not use: the position-id
+# buffer, the pooler and the pretraining heads (`cls.*`, next to a `bert.`-prefixed encoder).
+_UNUSED_TENSOR_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+_MAX_NAMES_LISTED = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+
+    @classmethod
+    def from_json(cls, path: str) -> "BertConfig":
+        """A transformers BERT `config.json` -> BertConfig; anything this encoder cannot run is an InputError."""
+        if not os.path.isfile(path):
+            raise InputError(f"BERT config '{path}' does not exist; expected a transformers config.json")
+        try:
+            with open(path) as file:
+                raw = json.load(file)
+        except json.JSONDecodeError as error:
+            raise InputError(f"BERT config '{path}' is not valid JSON: {error}") from None
+        missing = [key for key in _CONFIG_KEYS if key not in raw]
+        if missing:
+            raise InputError(f"BERT config '{path}' lacks keys {missing}")
+        # The encoder implements exactly these variants; others would load and silently compute
+        # something else.
+        for key, supported in (("model_type", "bert"), ("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
+            if raw.get(key, supported) != supported:
+                raise InputError(f"BERT config '{path}': {key} is '{raw[key]}', expected '{supported}'")
+        config = cls(**{field: raw[key] for key, field in _CONFIG_KEYS.items()})
+        if config.hidden_size % config.num_heads:
+            raise InputError(
+                f"BERT config '{path}': hidden_size {config.hidden_size} is not a multiple of "
+                f"num_attention_heads {config.num_heads}"
+            )
+        return config
+
+
+def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+    # Two-pass variance as torch computes it, rather than E[x^2] - E[x]^2, which cancels digits
+    # when the mean is large compared with the spread.
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_fast_variance=False, name=name)
+
+
+class BertLayer(nn.Module):
+    """One post-LayerNorm transformer layer: attention, add & norm, GELU MLP, add & norm."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden_BLC: jax.Array, key_mask_BL: jax.Array) -> jax.Array:
+        config = self.config
+        batch_size, length, _ = hidden_BLC.shape
+        head_size = config.hidden_size // config.num_heads
+
+        def heads_BLNH(name: str) -> jax.Array:
+            return nn.Dense(config.hidden_size, name=name)(hidden_BLC).reshape(
+                batch_size, length, config.num_heads, head_size
+            )
+
+        attended_BLNH = jax.nn.dot_product_attention(
+            heads_BLNH("query"), heads_BLNH("key"), heads_BLNH("value"), mask=key_mask_BL[:, None, None, :]
+        )
+        attended_BLC = nn.Dense(config.hidden_size, name="attention_output")(attended_BLNH.reshape(hidden_BLC.shape))
+        hidden_BLC = _layer_norm(config, "attention_layer_norm")(hidden_BLC + attended_BLC)
+        intermediate_BLF = nn.Dense(config.intermediate_size, name="intermediate")(hidden_BLC)
+        intermediate_BLF = nn.gelu(intermediate_BLF, approximate=False)  # BERT's "gelu" is the exact erf form
+        output_BLC = nn.Dense(config.hidden_size, name="output")(intermediate_BLF)
+        return _layer_norm(config, "output_layer_norm")(hidden_BLC + output_BLC)
+
+
+class BertEncoder(nn.Module):
+    """Token ids -> last hidden states of a BERT encoder (all token types 0)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids_BL: jax.Array, attention_mask_BL: jax.Array) -> jax.Array:
+        config = self.config
+        if input_ids_BL.ndim != 2 or input_ids_BL.shape != attention_mask_BL.shape:
+            raise InputError(
+                f"input_ids {tuple(input_ids_BL.shape)} and attention_mask {tuple(attention_mask_BL.shape)} "
+                "must both be [batch, length]"
+            )
+        length = input_ids_BL.shape[1]
+        if length > config.max_position_embeddings:
+            raise InputError(
+                f"sequence length {length} exceeds max_position_embeddings {config.max_position_embeddings}"
+            )
+
+        def embed(name: str, num_embeddings: int, ids: jax.Array) -> jax.Array:
+            return nn.Embed(num_embeddings, config.hidden_size, name=name)(ids)
+
+        hidden_BLC = (
+            embed("word_embeddings", config.vocab_size, input_ids_BL)
+            + embed("position_embeddings", config.max_position_embeddings, jnp.arange(length)[None, :])
+            + embed("token_type_embeddings", config.type_vocab_size, jnp.zeros_like(input_ids_BL))
+        )
+        hidden_BLC = _layer_norm(config, "embedding_layer_norm")(hidden_BLC)
+        key_mask_BL = attention_mask_BL.astype(bool)
+        for index in range(config.num_layers):
+            hidden_BLC = BertLayer(config, name=f"layer_{index}")(hidden_BLC, key_mask_BL)
+        return hidden_BLC
+
+
+def _torch_name(flax_path: tuple[str, ...]) -> str:
+    """('layer_3', 'query', 'kernel') -> 'encoder.layer.3.attention.self.query.weight'."""
+    module, *inner, leaf = flax_path
+    if module.startswith("layer_"):
+        torch_module = f"encoder.layer.{module.removeprefix('layer_')}.{_LAYER_TORCH_NAMES[inner[0]]}"
+    else:
+        torch_module = f"embeddings.{_EMBEDDING_TORCH_NAMES[module]}"
+    return f"{torch_module}.{_LEAF_TORCH_NAMES[leaf]}"
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_LISTED])
+    return shown + (f", ... (+{len(names) - _MAX_NAMES_LISTED} more)" if len(names) > _MAX_NAMES_LISTED else "")
+
+
+def _required_file(directory: str, name: str) -> str:
+    if not os.path.isdir(directory):
+        raise InputError(f"checkpoint directory '{directory}' does not exist")
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint file '{path}' does not exist; expected {name} in the checkpoint directory")
+    return path
+
+
+def load_bert_params(checkpoint_dir: str) -> tuple[BertConfig, dict]:
+    """A transformers BERT checkpoint directory (config.json, model.safetensors) -> (config, Flax params).
+
+    Tensor names may carry a `bert.` prefix (checkpoints of BertFor* models). Torch Linear weights
+    are [out, in] and are transposed to Flax's [in, out] kernels.
+    """
+    config = BertConfig.from_json(_required_file(checkpoint_dir, "config.json"))
+    weights_path = _required_file(checkpoint_dir, "model.safetensors")
+    dummy_ids = jnp.zeros((1, 1), jnp.int32)
+    param_shapes = jax.eval_shape(BertEncoder(config).init, jax.random.key(0), dummy_ids, dummy_ids)["params"]
+    expected = {_torch_name(path): (path, shape) for path, shape in flatten_dict(param_shapes).items()}
+    with safe_open(weights_path, framework="numpy") as file:
+        stored_names = {name.removeprefix("bert."): name for name in file.keys()}
+        missing = sorted(expected.keys() - stored_names.keys())
+        unexpected = sorted(
+            name for name in stored_names.keys() - expected.keys() if not name.startswith(_UNUSED_TENSOR_PREFIXES)
+        )
+        if missing or unexpected:
+            raise InputError(
+                f"checkpoint '{weights_path}' does not match its config.json: "
+                f"missing tensors [{_listed(missing)}]; unexpected tensors [{_listed(unexpected)}]"
+            )
+        flat_params = {}
+        for name, (path, param) in expected.items():
+            is_kernel = path[-1] == "kernel"
+            torch_shape = param.shape[::-1] if is_kernel else param.shape
+            tensor = file.get_tensor(stored_names[name])
+            if tensor.shape != torch_shape:
+                raise InputError(
+                    f"checkpoint '{weights_path}': tensor {name} has shape {tensor.shape}, "
+                    f"expected {torch_shape} from config.json"
+                )
+            flat_params[path] = jnp.asarray(tensor.T if is_kernel else tensor, jnp.float32)
+    return config, unflatten_dict(flat_params)
+
+
+def minilm_param_tree(path: str | None = None) -> dict:
+    """Just the pretrained Flax params (default: the installed all-MiniLM-L6-v2), for a policy's init."""
+    return load_bert_params(installed_minilm_dir() if path is None else path)[1]
+
+
+class MiniLM:
+    """A loaded encoder: config, params, module, tokenizer, and jitted encoding."""
+
+    def __init__(self, config: BertConfig, params: dict, tokenizer_json: str):
+        self.config = config
+        self.params = params
+        self.module = BertEncoder(config)
+        self.tokenizer = tokenizers.Tokenizer.from_file(tokenizer_json)
+        self._tokenizer_json = tokenizer_json
+        self._apply = jax.jit(self.module.apply)
+        # One per max_length, separate from `self.tokenizer` so that its settings stay as loaded.
+        self._fixed_length_tokenizers: dict[int, FixedLengthTokenizer] = {}
+
+    def encode(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """int [B, L] ids and 0/1 mask -> float32 [B, L, hidden_size] last hidden states."""
+        input_ids_BL = jnp.asarray(input_ids, jnp.int32)
+        return self._apply({"params": self.params}, input_ids_BL, jnp.asarray(attention_mask, jnp.int32))
+
+    def encode_texts(self, texts: Sequence[str], max_length: int = 16) -> tuple[jax.Array, jax.Array]:
+        """Strings -> (hidden [B, max_length, hidden_size], attention_mask int32 [B, max_length]).
+
+        Tokenizes with the data pipeline's FixedLengthTokenizer, so the ids match the batches'.
+        """
+        if isinstance(texts, str) or not texts:
+            raise InputError(f"texts must be a non-empty list of strings, got {texts!r}")
+        if max_length not in self._fixed_length_tokenizers:
+            self._fixed_length_tokenizers[max_length] = FixedLengthTokenizer(self._tokenizer_json, max_length)
+        tokens = self._fixed_length_tokenizers[max_length](list(texts))
+        return self.encode(tokens["input_ids"], tokens["attention_mask"]), jnp.asarray(tokens["attention_mask"])
+
+
+def load_minilm(path: str | None = None) -> MiniLM:
+    """A checkpoint directory with config.json, model.safetensors and tokenizer.json (default: the installed one)."""
+    checkpoint_dir = installed_minilm_dir() if path is None else path
+    tokenizer_path = _required_file(checkpoint_dir, "tokenizer.json")
+    config, params = load_bert_params(checkpoint_dir)
+    return MiniLM(config, params, tokenizer_path)

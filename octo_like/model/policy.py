@@ -1,0 +1,311 @@
+"""The generalist policy: tokenizers -> block-wise transformer -> action heads, and its release format.
+
+    model = PolicyModel.create(config, example_batch, dataset_statistics, rng)
+    task = model.create_tasks(texts=["open the drawer"])
+    actions_BHA = model.sample_actions(observation, task, rng=rng, unnormalization_statistics=stats["action"])
+    model.save_pretrained(step, run_dir)
+    model = PolicyModel.load_pretrained(run_dir)
+
+`config` is the experiment config (a plain dict or ConfigDict); `config["model"]` holds:
+
+    observation_tokenizers: {name: spec}   e.g. spec.create(ImageTokenizer, camera="primary")
+    task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
+    language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None} or None
+    readouts:               {name: number of tokens}, e.g. {"action": 1}
+    transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
+    heads:                  {name: spec}   e.g. spec.create(DiffusionActionHead, action_horizon=4, action_dim=4)
+
+Language goes through the frozen all-MiniLM-L6-v2 encoder (`language_encoder` in the parameters:
+loaded from safetensors at creation, never updated: its output is cut from the gradient and the
+optimizer freezes it). The run directory (release format) holds config.json,
+dataset_statistics.json, example_batch.msgpack and orbax steps with the parameters.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from octo_like.model import release
+from octo_like.model.language.minilm import BertConfig, BertEncoder, load_bert_params
+from octo_like.model.tokenizers import language_mask
+from octo_like.model.tokens import TokenGroup
+from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
+from octo_like.utils import spec as spec_lib
+from octo_like.utils.assets import installed_minilm_dir
+from octo_like.utils.errors import InputError
+from octo_like.utils.files import write_atomically, write_text_atomically
+from octo_like.utils.text import FixedLengthTokenizer
+
+LANGUAGE_ENCODER = "language_encoder"
+FROZEN_LANGUAGE_KEYS = (f"{LANGUAGE_ENCODER}/*",)
+
+
+def _plain(tree: Any) -> Any:
+    return tree.to_dict() if isinstance(tree, ml_collections.ConfigDict) else tree
+
+
+class PolicyNetwork(nn.Module):
+    """The Flax module; every component is named by a spec in the config."""
+
+    observation_tokenizers: Mapping[str, Mapping]
+    task_tokenizers: Mapping[str, Mapping]
+    readouts: Mapping[str, int]
+    transformer: Mapping[str, Any]
+    heads: Mapping[str, Mapping]
+    language: BertConfig | None
+    window_size: int
+
+    def setup(self):
+        self.observation_tokenizer_modules = {name: spec_lib.instantiate(s) for name, s in self.observation_tokenizers.items()}
+        self.task_tokenizer_modules = {name: spec_lib.instantiate(s) for name, s in self.task_tokenizers.items()}
+        self.head_modules = {name: spec_lib.instantiate(s) for name, s in self.heads.items()}
+        if self.language is not None:
+            setattr(self, LANGUAGE_ENCODER, BertEncoder(self.language))
+        transformer = dict(self.transformer)
+        size = transformer.pop("size", "tiny")
+        if size not in TRANSFORMER_SIZES:
+            raise InputError(f"model.transformer.size='{size}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
+        self.block_transformer = BlockTransformer(
+            **{**TRANSFORMER_SIZES[size], **transformer}, num_timesteps_max=self.window_size
+        )
+
+    def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
+        """The transformer's readout tokens by group name ("readout_<name>")."""
+        task_groups, language_embedding_BC = {}, None
+        if self.language is not None:
+            ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
+            mask_BL = language_mask(task)
+            # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
+            hidden_BLC = jax.lax.stop_gradient(getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32)))
+            task_groups["language"] = TokenGroup(hidden_BLC, mask_BL)
+            weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
+            language_embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+        for name, tokenizer in self.task_tokenizer_modules.items():
+            task_groups[name] = tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC)
+        obs_groups = {
+            name: tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC)
+            for name, tokenizer in self.observation_tokenizer_modules.items()
+        }
+        readouts = {f"readout_{name}": size for name, size in self.readouts.items()}
+        _, _, readout_out = self.block_transformer(task_groups, obs_groups, readouts, train=train)
+        return readout_out
+
+    def __call__(self, observation, task, *, train: bool = False):
+        """Touches every parameter (for init): the heads' outputs by head name."""
+        readouts = self.readout_groups(observation, task, train=train)
+        return {name: head(readouts[head.readout_key], train=train) for name, head in self.head_modules.items()}
+
+    def loss(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng, train: bool):
+        readouts = self.readout_groups(observation, task, train=train)
+        total, metrics = 0.0, {}
+        for name, head in self.head_modules.items():
+            loss, head_metrics = head.loss(
+                readouts[head.readout_key], actions_BTHA, action_pad_mask_BTHA, observation["timestep_pad_mask"],
+                rng=jax.random.fold_in(rng, hash(name) % 2**31), train=train,
+            )
+            total = total + loss
+            metrics.update({f"{name}_{key}": value for key, value in head_metrics.items()})
+        return total, metrics
+
+    def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping[str, Any]):
+        readouts = self.readout_groups(observation, task, train=False)
+        module = self.head_modules[head]
+        return module.predict_action(readouts[module.readout_key], rng=rng, train=False, **sampling)
+
+
+def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork:
+    model_config = _plain(model_config)
+    language = model_config.get("language")
+    bert_config = None
+    if language is not None:
+        checkpoint = language.get("checkpoint") or installed_minilm_dir()
+        bert_config = BertConfig.from_json(os.path.join(checkpoint, "config.json"))
+    return PolicyNetwork(
+        observation_tokenizers=model_config.get("observation_tokenizers", {}),
+        task_tokenizers=model_config.get("task_tokenizers", {}),
+        readouts=model_config.get("readouts", {"action": 1}),
+        transformer=model_config.get("transformer", {"size": "tiny"}),
+        heads=model_config["heads"],
+        language=bert_config,
+        window_size=window_size,
+    )
+
+
+def _model_inputs(batch: Mapping) -> tuple[dict, dict]:
+    """Only the arrays the model reads (strings such as dataset_name stay out of jit)."""
+    return batch["observation"], batch["task"]
+
+
+def _check_observation(observation: Mapping, example_observation: Mapping) -> None:
+    """One clear line when an observation lacks a key or has another shape than the example batch."""
+    for key, example in example_observation.items():
+        if isinstance(example, Mapping):
+            if key not in observation:
+                raise InputError(f"observation has no '{key}'; the model needs {sorted(example_observation)}")
+            _check_observation(observation[key], example)
+            continue
+        if key not in observation:
+            raise InputError(f"observation has no '{key}'; the model needs {sorted(example_observation)}")
+        got, want = np.shape(observation[key]), np.shape(example)
+        if got[2:] != want[2:] or len(got) != len(want):
+            raise InputError(f"observation['{key}'] has shape {got}; the model was built for [B, T, *{list(want[2:])}]")
+
+
+@dataclasses.dataclass
+class PolicyModel:
+    module: PolicyNetwork
+    params: dict
+    config: dict
+    example_batch: dict
+    dataset_statistics: dict
+
+    def __post_init__(self):
+        self._sample_fns = {}
+        language = self.config["model"].get("language")
+        self.text_tokenizer = None
+        if language is not None:
+            self.text_tokenizer = FixedLengthTokenizer(language.get("tokenizer_json"), language.get("max_length", 16))
+
+    @property
+    def window_size(self) -> int:
+        return self.example_batch["observation"]["timestep_pad_mask"].shape[1]
+
+    @classmethod
+    def create(cls, config: Mapping, example_batch: Mapping, dataset_statistics: Mapping, rng: jax.Array) -> "PolicyModel":
+        config = _plain(config)
+        example_batch = jax.tree_util.tree_map(np.asarray, dict(example_batch))
+        example_batch = {key: example_batch[key] for key in ("observation", "task", "action", "action_pad_mask")}
+        # The example batch of the release holds one sample: enough for shapes, small on disk.
+        example_batch = jax.tree_util.tree_map(lambda x: x[:1], example_batch)
+        window_size = example_batch["observation"]["timestep_pad_mask"].shape[1]
+        module = make_network(config["model"], window_size)
+        observation, task = _model_inputs(example_batch)
+        params_rng, dropout_rng = jax.random.split(rng)
+        params = jax.jit(lambda rngs: module.init(rngs, observation, task, train=False))(
+            {"params": params_rng, "dropout": dropout_rng}
+        )["params"]
+        params = flax.core.unfreeze(params)
+        if LANGUAGE_ENCODER in params:
+            checkpoint = config["model"]["language"].get("checkpoint") or installed_minilm_dir()
+            params[LANGUAGE_ENCODER] = jax.tree_util.tree_map(jnp.asarray, load_bert_params(checkpoint)[1])
+        return cls(module, params, config, example_batch, jax.tree_util.tree_map(np.asarray, dict(dataset_statistics)))
+
+    def loss(self, params: dict, batch: Mapping, rng: jax.Array, train: bool):
+        """(loss, metrics) of a batch; what scripts/train.py differentiates."""
+        observation, task = _model_inputs(batch)
+        return self.module.apply(
+            {"params": params}, observation, task, batch["action"], batch["action_pad_mask"],
+            rng=rng, train=train, method=PolicyNetwork.loss, rngs={"dropout": rng},
+        )
+
+    def create_tasks(self, texts: list[str] | None = None, goals: Mapping[str, np.ndarray] | None = None) -> dict:
+        """A task batch from instructions and/or goal images ({"image_<camera>": uint8 [B, H, W, 3]})."""
+        if texts is None and goals is None:
+            raise InputError("create_tasks needs texts or goals")
+        batch_size = len(texts) if texts is not None else len(next(iter(goals.values())))
+        task, pad_mask = {}, {}
+        if self.text_tokenizer is not None:
+            task["language_instruction"] = self.text_tokenizer(texts if texts is not None else [""] * batch_size)
+            pad_mask["language_instruction"] = np.full(batch_size, texts is not None)
+        for key, example in self.example_batch["task"].items():
+            if key.startswith("image_"):
+                given = goals is not None and key in goals
+                task[key] = np.asarray(goals[key]) if given else np.zeros((batch_size, *example.shape[1:]), example.dtype)
+                pad_mask[key] = np.full(batch_size, given)
+        task["pad_mask_dict"] = pad_mask
+        return task
+
+    def sample_actions(self, observation: Mapping, task: Mapping, *, rng: jax.Array,
+                       unnormalization_statistics: Mapping | None = None, head: str = "action", **sampling) -> jax.Array:
+        """Actions [B, H, A] for the last timestep of the window; unnormalized when statistics are given."""
+        from octo_like.utils.normalization import unnormalize  # array-namespace code: no TensorFlow
+
+        _check_observation(observation, self.example_batch["observation"])
+        if head not in self.module.heads:
+            raise InputError(f"unknown head '{head}'; the model has {sorted(self.module.heads)}")
+        key = (head, tuple(sorted(sampling.items())))
+        if key not in self._sample_fns:
+            self._sample_fns[key] = jax.jit(
+                lambda params, observation, task, rng: self.module.apply(
+                    {"params": params}, observation, task, rng=rng, head=head, sampling=sampling,
+                    method=PolicyNetwork.predict_action,
+                )
+            )
+        actions_BTHA = self._sample_fns[key](self.params, observation, task, rng)
+        actions_BHA = actions_BTHA[:, -1]
+        if unnormalization_statistics is not None:
+            # Statistics carry how training normalized (see `with_normalization_settings`); a dataset
+            # with fewer action dimensions than the model (padded in a mixture) gets its own back.
+            stats = unnormalization_statistics
+            num_dims = len(np.asarray(stats["mean"]))
+            mask = stats.get("mask")
+            actions_BHA = unnormalize(
+                actions_BHA[..., :num_dims], stats, str(stats.get("normalization_type", "normal")),
+                None if mask is None else np.asarray(mask, bool), xp=jnp,
+            )
+        return actions_BHA
+
+    def save_pretrained(self, step: int, run_dir: str, params: dict | None = None, manager=None, state=None) -> None:
+        """Writes the release files and the parameters as orbax step `step` (plus a train `state`
+        for resuming, when given, through the trainer's `manager`)."""
+        os.makedirs(run_dir, exist_ok=True)
+        write_text_atomically(os.path.join(run_dir, "config.json"), json.dumps(self.config, indent=2, default=_json_default))
+        write_text_atomically(
+            os.path.join(run_dir, "dataset_statistics.json"),
+            json.dumps(jax.tree_util.tree_map(lambda x: np.asarray(x).tolist(), self.dataset_statistics), indent=1),
+        )
+        example_bytes = flax.serialization.msgpack_serialize(self.example_batch)
+        path = os.path.join(run_dir, "example_batch.msgpack")
+        write_atomically(path, lambda temp_path: open(temp_path, "wb").write(example_bytes))
+        own_manager = manager is None
+        manager = manager or release.checkpoint_manager(run_dir)
+        release.save(manager, step, self.params if params is None else params, state)
+        if own_manager:
+            manager.wait_until_finished()
+
+    @classmethod
+    def load_pretrained(cls, run_dir: str, step: int | None = None) -> "PolicyModel":
+        for name in ("config.json", "dataset_statistics.json", "example_batch.msgpack"):
+            if not os.path.isfile(os.path.join(run_dir, name)):
+                raise InputError(f"'{run_dir}' is not a run directory: it has no {name}")
+        with open(os.path.join(run_dir, "config.json")) as file:
+            config = json.load(file)
+        with open(os.path.join(run_dir, "dataset_statistics.json")) as file:
+            statistics = jax.tree_util.tree_map(np.asarray, json.load(file), is_leaf=lambda x: isinstance(x, list))
+        with open(os.path.join(run_dir, "example_batch.msgpack"), "rb") as file:
+            example_batch = flax.serialization.msgpack_restore(file.read())
+        module = make_network(config["model"], example_batch["observation"]["timestep_pad_mask"].shape[1])
+        observation, task = _model_inputs(example_batch)
+        params_like = jax.eval_shape(
+            lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, observation, task)["params"]
+        )
+        params, _ = release.restore_params(run_dir, flax.core.unfreeze(params_like), step)
+        return cls(module, params, config, example_batch, statistics)
+
+
+def with_normalization_settings(statistics: Mapping, normalization_type: str, action_mask=None, proprio_mask=None) -> dict:
+    """One dataset's statistics plus how the pipeline normalized with them, so that inference
+    (un)normalizes identically from the release alone."""
+    statistics = dict(statistics)
+    for key, mask in (("action", action_mask), ("proprio", proprio_mask)):
+        statistics[key] = {**statistics[key], "normalization_type": normalization_type}
+        if mask is not None:
+            statistics[key]["mask"] = [bool(m) for m in mask]
+    return statistics
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to config.json")

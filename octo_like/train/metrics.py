@@ -1,0 +1,61 @@
+"""Training metrics: one JSON object per logged step in metrics.jsonl, and tensorboard events."""
+
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str, tensorboard: bool = True):
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self._file = open(self.path, "a")
+        self._summary = None
+        if tensorboard:
+            from flax.metrics.tensorboard import SummaryWriter
+
+            self._summary = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
+        values = {f"{prefix}{key}": float(np.asarray(value)) for key, value in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._file.flush()
+        if self._summary is not None:
+            for key, value in values.items():
+                self._summary.scalar(key, value, int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._summary is not None:
+            self._summary.flush()
+            self._summary.close()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def plot_losses(run_dir: str) -> str:
+    """loss.png in the run directory: train and val loss against the step (log scale)."""
+    from matplotlib.figure import Figure
+
+    from octo_like.utils.files import write_atomically
+
+    records = read_metrics(run_dir)
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    for key, label in (("train/loss", "train"), ("val/loss", "val")):
+        points = [(record["step"], record[key]) for record in records if key in record]
+        if points:
+            axes.plot(*zip(*points), label=label, marker="." if label == "val" else None)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    path = os.path.join(run_dir, "loss.png")
+    write_atomically(path, lambda temp_path: figure.savefig(temp_path, dpi=110))
+    return path
