@@ -37,10 +37,14 @@ _KERNEL_INIT = nn.initializers.xavier_uniform()
 _EMBEDDING_INIT = nn.initializers.normal(stddev=0.02)
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
 def _check_sizes(what: str, sizes) -> list[int]:
     sizes = list(sizes)
     for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        if not _is_count(size):
             raise InputError(f"{what}: got {sizes}, expected non-negative integer token counts")
     return [int(size) for size in sizes]
 
@@ -150,7 +154,7 @@ def _check_groups(task_groups, obs_groups, readout_groups, num_timesteps_max) ->
     if num_timesteps > num_timesteps_max:
         raise InputError(f"obs groups have T={num_timesteps}, expected T <= num_timesteps_max={num_timesteps_max}")
     for name, size in readout_groups.items():
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        if not _is_count(size) or size == 0:
             raise InputError(f"readout group {name!r}: got {size!r}, expected a positive token count")
     return batch_sizes.pop(), num_timesteps
 
@@ -201,7 +205,7 @@ class BlockTransformer(nn.Module):
             step_BTNC.append(tokens_BTNC + pos_TNC[:num_timesteps])
             step_mask_BTN.append(group.mask.astype(bool))
         # A readout exists where its timestep does: where any observation token exists.
-        timestep_mask_BT = jnp.all(jnp.concatenate(step_mask_BTN, axis=2), axis=2)
+        timestep_mask_BT = jnp.any(jnp.concatenate(step_mask_BTN, axis=2), axis=2)
         for name, size in readout_groups.items():
             readout_NC = embedding(f"readout_{name}_embedding", (size, width))
             pos_TNC = embedding(f"readout_{name}_pos_embedding", (self.num_timesteps_max, size, width))
@@ -223,6 +227,7 @@ class BlockTransformer(nn.Module):
         length = x_BLC.shape[1]
         mask_B1QK = ((jnp.asarray(block_QK) & valid_BL[:, None, :]) | jnp.eye(length, dtype=bool))[:, None]
 
+        # `train` is Python control flow inside the block: static (argument 3 of self, x, mask, train).
         block = nn.remat(_Block, static_argnums=(3,)) if self.remat else _Block
         x_BLC = nn.Dropout(self.dropout_rate)(x_BLC, deterministic=not train)
         for i in range(self.num_layers):
