@@ -1,12 +1,21 @@
 """Benchmarks, printed as JSON.
 
     python scripts/bench.py data --config experiments/configs/synthetic.py:default [--seconds 10]
+    python scripts/bench.py train --config experiments/configs/metaworld_scratch.py:diffusion [--seconds 20]
+    python scripts/bench.py infer --config experiments/configs/metaworld_scratch.py [--heads l1,diffusion:ddim:5]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
 restructure, normalize, chunk), frames/s (plus decode, resize, augment) and batches/s (the full
 pipeline, shuffle and batch included), each with all parallelism on and with one thread per stage,
 and their ratio side by side.
+
+`train`: the model of a config's `model` section on one real batch of its dataset: parameter
+count, train steps/s and examples/s (jitted step, data loading excluded), peak host memory.
+
+`infer`: `PolicyModel.sample_actions` latency (p50/p95 over calls, batch 1, jitted) for each
+`--heads` entry (`diffusion:ddim:5` = DDIM with 5 steps, `flow:10` = 10 Euler steps), on a model
+built from the config with that head.
 
 `env`: Meta-World simulation speed, each figure the mean over `--tasks`: frames/s of one camera
 rendered as MetaWorldEnv renders (no multisampling, shadows or reflections) and, side by side, by
@@ -32,7 +41,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: pa
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Measuring time per figure, after warm-up.")
 _TASKS = flags.DEFINE_string("tasks", "reach,drawer-open,button-press-topdown", "env: Meta-World tasks (comma-separated).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "env: rendered image height and width.")
-BENCHMARKS = ("data", "env")
+_INFER_HEADS = flags.DEFINE_string(
+    "heads", "l1,discrete,diffusion:ddpm:20,diffusion:ddim:5,flow:10,flow:5",
+    "infer: head[:sampler][:steps] entries (samplers of diffusion: ddpm, ddim).",
+)
+BENCHMARKS = ("data", "env", "train", "infer")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -139,15 +152,111 @@ def bench_env(tasks: list[str], image_size: int, seconds: float) -> dict:
     }
 
 
+def _example_batch(config) -> dict:
+    from octo_like.data.mixtures import make_named_mixture  # TensorFlow: kept out of `env`
+
+    data, _ = make_named_mixture(train=True, **config["dataset"])
+    return next(data.iterator())
+
+
+def _model(config: dict, example_batch: dict):
+    import jax
+
+    from octo_like.model.policy import PolicyModel
+
+    statistics = {"bench": {"action": {"mean": [0.0] * example_batch["action"].shape[-1]}}}
+    return PolicyModel.create(config, example_batch, statistics, jax.random.key(0))
+
+
+def bench_train(config: dict, seconds: float) -> dict:
+    import resource
+
+    import jax
+
+    from octo_like.train.optim import make_optimizer
+    from octo_like.train.state import TrainState
+    from octo_like.train.step import make_train_step
+
+    batch = _example_batch(config)
+    model = _model(config, batch)
+    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
+    train_step = make_train_step(model.loss, optimizer)
+    state = TrainState.create(model.params, optimizer, jax.random.key(1))
+    device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
+
+    def step():
+        nonlocal state
+        state, metrics = train_step(state, device_batch)
+        jax.block_until_ready(metrics["loss"])
+
+    steps_per_s = calls_per_second(step, seconds, warmup=2)
+    leaves = jax.tree_util.tree_leaves(model.params)
+    trained = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(model.params) if "language_encoder" not in str(path))
+    batch_size = batch["action"].shape[0]
+    return {
+        "benchmark": "train",
+        "heads": sorted(config["model"]["heads"]),
+        "transformer": config["model"]["transformer"],
+        "batch_size": batch_size,
+        "device": str(jax.devices()[0]),
+        "params": sum(x.size for x in leaves),
+        "params_without_language_encoder": trained,
+        "steps_per_s": steps_per_s,
+        "examples_per_s": steps_per_s * batch_size,
+        "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
+    import jax
+
+    from octo_like.model.heads import head_spec
+
+    batch = _example_batch(config)
+    observation = jax.tree_util.tree_map(lambda x: x[:1], batch["observation"])
+    horizon, action_dim = batch["action"].shape[2:]
+    results = []
+    for entry in head_entries:
+        name, *options = entry.split(":")
+        sampling = {}
+        if name == "diffusion" and options:
+            sampling["sampler"] = options[0]
+            if len(options) > 1:
+                sampling["num_inference_steps"] = int(options[1])
+        elif name == "flow" and options:
+            sampling["num_inference_steps"] = int(options[0])
+        model_config = {**config["model"], "heads": {"action": head_spec(name, action_horizon=horizon, action_dim=action_dim)}}
+        model = _model({**config, "model": model_config}, batch)
+        task = model.create_tasks(texts=["open the drawer"])
+        rng = jax.random.key(0)
+        latencies = []
+
+        def sample():
+            start = time.perf_counter()
+            jax.block_until_ready(model.sample_actions(observation, task, rng=rng, **sampling))
+            latencies.append(time.perf_counter() - start)
+
+        calls_per_second(sample, seconds, warmup=1)
+        latencies_ms = 1000 * np.asarray(latencies[1:])
+        results.append({"head": entry, "p50_ms": float(np.percentile(latencies_ms, 50)),
+                        "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)})
+    return {"benchmark": "infer", "device": str(jax.devices()[0]), "transformer": config["model"]["transformer"],
+            "batch_size": 1, "results": results}
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in BENCHMARKS:
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
     if _SECONDS.value <= 0:
         raise InputError(f"--seconds={_SECONDS.value}; expected a positive number")
+    if argv[1] in ("data", "train", "infer") and _CONFIG.value is None:
+        raise InputError(f"{argv[1]} needs --config, e.g. --config experiments/configs/metaworld_scratch.py:diffusion")
     if argv[1] == "data":
-        if _CONFIG.value is None:
-            raise InputError("--config is required, e.g. --config experiments/configs/synthetic.py:default")
         result = bench_data(_CONFIG.value, _SECONDS.value)
+    elif argv[1] == "train":
+        result = bench_train(_CONFIG.value.to_dict(), _SECONDS.value)
+    elif argv[1] == "infer":
+        result = bench_infer(_CONFIG.value.to_dict(), _INFER_HEADS.value.split(","), _SECONDS.value)
     else:
         if _IMAGE_SIZE.value < 1:
             raise InputError(f"--image_size={_IMAGE_SIZE.value}; expected a positive number of pixels")

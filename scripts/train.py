@@ -10,49 +10,13 @@ logged step), tensorboard/ and loss.png. Training resumes from the latest step o
 run directory with the same config.
 """
 
-import os
-import time
-
-import jax
-import numpy as np
-import tqdm
 from ml_collections import config_flags
 
 import cli_common  # (puts the repo root on sys.path)
-from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
-from octo_like.model import release
-from octo_like.model.policy import PolicyModel, with_normalization_settings
-from octo_like.train import checkpoint as checkpoint_lib
-from octo_like.train.mesh import check_batch_size, make_mesh, replicated, shard_batch
-from octo_like.train.metrics import MetricsWriter, plot_losses
-from octo_like.train.optim import make_optimizer
-from octo_like.train.state import TrainState
-from octo_like.train.step import make_eval_step, make_train_step
+from training_loop import run_training
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
-
-
-def dataset_statistics_with_settings(dataset_config: dict, statistics: dict) -> dict:
-    """Each dataset's statistics plus the normalization type and masks the pipeline used with them."""
-    kwargs_list, _ = make_dataset_kwargs_list(dataset_config["mixture"], dataset_config["data_dir"], **dataset_config["dataset_kwargs"])
-    return {
-        kwargs["name"]: with_normalization_settings(
-            statistics[kwargs["name"]], kwargs.get("action_proprio_normalization_type", "normal"),
-            kwargs.get("action_normalization_mask"), kwargs.get("proprio_normalization_mask"),
-        )
-        for kwargs in kwargs_list
-    }
-
-
-def check_heads_fit_data(config: dict, example_batch: dict) -> None:
-    _, _, horizon, action_dim = example_batch["action"].shape
-    for name, head in config["model"]["heads"].items():
-        kwargs = head["kwargs"]
-        if kwargs["action_dim"] != action_dim:
-            raise InputError(f"model.heads.{name}.kwargs.action_dim={kwargs['action_dim']} disagrees with the dataset's {action_dim}-d actions")
-        if kwargs["action_horizon"] != horizon:
-            raise InputError(f"model.heads.{name}.kwargs.action_horizon={kwargs['action_horizon']} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
 
 
 def main(argv):
@@ -60,57 +24,7 @@ def main(argv):
         raise InputError(f"unexpected arguments {argv[1:]}; only flags are accepted")
     if _CONFIG.value is None:
         raise InputError("--config is required, e.g. --config experiments/configs/metaworld_scratch.py:diffusion")
-    config = _CONFIG.value.to_dict()
-    run_dir = config["run_dir"]
-    mesh = make_mesh(**config.get("mesh", {}))
-    check_batch_size(config["dataset"]["batch_size"], mesh)
-
-    train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **config["dataset"])
-    val_data, _ = make_named_mixture(train=False, seed=config["seed"], **config["dataset"])
-    statistics = dataset_statistics_with_settings(config["dataset"], statistics)
-    train_batches = train_data.iterator()
-    example_batch = next(train_batches)
-    check_heads_fit_data(config, example_batch)
-
-    rng = jax.random.key(config["seed"])
-    model = PolicyModel.create(config, example_batch, statistics, jax.random.fold_in(rng, 0))
-    optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"])
-    state = jax.device_put(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), replicated(mesh))
-    num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
-    print(f"model: {num_params / 1e6:.2f}M parameters; run directory {run_dir}")
-
-    manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"))
-    if manager.latest_step() is not None:
-        state = checkpoint_lib.restore_state(manager, state, manager.latest_step())
-        print(f"resumed from step {int(state.step)}")
-    train_step = make_train_step(model.loss, optimizer)
-    eval_step = make_eval_step(model.loss)
-    writer = MetricsWriter(run_dir)
-
-    start_step = int(state.step)
-    progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"], desc="Training", unit="step")
-    window_start, window_steps = time.perf_counter(), 0
-    for step in progress:
-        batch = example_batch if step == start_step else next(train_batches)
-        state, metrics = train_step(state, shard_batch(batch, mesh))
-        window_steps += 1
-        if (step + 1) % config["log_interval"] == 0:
-            metrics = jax.device_get(metrics)
-            steps_per_s = window_steps / (time.perf_counter() - window_start)
-            writer.write(step + 1, {**metrics, "learning_rate": schedule(step), "steps_per_s": steps_per_s}, prefix="train/")
-            progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
-            window_start, window_steps = time.perf_counter(), 0
-        if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
-            val_batches = val_data.iterator()
-            val_metrics = [jax.device_get(eval_step(state.params, shard_batch(next(val_batches), mesh), jax.random.key(step)))
-                           for _ in range(config["eval_batches"])]
-            writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
-        if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"]:
-            model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
-    manager.wait_until_finished()
-    writer.close()
-    plot_losses(run_dir)
-    print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {config['num_steps']})")
+    run_training(_CONFIG.value.to_dict())
 
 
 if __name__ == "__main__":

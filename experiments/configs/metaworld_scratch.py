@@ -18,7 +18,7 @@ cosine decay, gradient clipping at 1.
 import ml_collections
 from ml_collections import config_dict
 
-from octo_like.model.heads import HEADS
+from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
 from octo_like.model.transformer import TRANSFORMER_SIZES
 from octo_like.utils import spec
@@ -28,11 +28,7 @@ ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
 WINDOW_SIZE = 2
 ACTION_HORIZON = 4
 IMAGE_SIZES = {"primary": (64, 64), "wrist": (32, 32)}
-
-
-def head_spec(name: str, action_horizon: int = ACTION_HORIZON, action_dim: int = ACTION_DIM) -> dict:
-    head_class, defaults = HEADS[name]
-    return spec.create(head_class, action_horizon=action_horizon, action_dim=action_dim, **defaults)
+TINY_STEM = dict(features=(16, 32, 64, 128), num_features=128)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -45,22 +41,24 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.run_dir = f"runs/metaworld_{head}_{size}"
-    config.num_steps = 3000
+    config.num_steps = 1500
     config.log_interval = 50
     config.eval_interval = 500
     config.eval_batches = 4
     config.save_interval = 1000
     config.mesh = dict(data=-1, fsdp=1)
+    # The tiny model gets a narrow stem too: at 64x64 the default stem is most of a CPU step.
+    stem_kwargs = TINY_STEM if size == "tiny" else {}
     config.model = dict(
         observation_tokenizers={
-            camera: spec.create(ImageTokenizer, camera=camera, stem="small_stem", image_size=image_size)
+            camera: spec.create(ImageTokenizer, camera=camera, stem="small_stem", stem_kwargs=stem_kwargs, image_size=image_size)
             for camera, image_size in IMAGE_SIZES.items()
         } | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
         task_tokenizers={},
         language=dict(max_length=16, tokenizer_json=None, checkpoint=None),
         readouts={"action": 1},
         transformer=dict(size=size, dropout_rate=0.0),
-        heads={"action": head_spec(head)},
+        heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
     )
     config.optimizer = dict(
         learning_rate=3e-4, warmup_steps=200, decay="cosine", final_lr_fraction=0.05, weight_decay=0.01,
@@ -70,7 +68,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         mixture="metaworld/quickstart",
         data_dir="data/tensorflow_datasets",
         dataset_kwargs=dict(action_proprio_normalization_type="normal"),
-        batch_size=64,
+        batch_size=32,
         shuffle_buffer_size=5000,
         balance_weights=False,
         traj_transform_kwargs=dict(

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from octo_like.model.tokens import TokenGroup
+from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 
 
@@ -56,7 +57,7 @@ class ActionHead(nn.Module):
 
     action_horizon: int
     action_dim: int
-    readout_key: str = "readout_action"
+    readout_key: str = "readout_action"  # the readout group the policy hands to this head
 
     def _valid_mask(self, readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT) -> jax.Array:
         """The loss mask [B, T, H, A], after checking every shape against the readout and the head."""
@@ -68,7 +69,9 @@ class ActionHead(nn.Module):
             ("timestep_pad_mask", timestep_pad_mask_BT, (B, T)),
         ):
             if tuple(array.shape) != shape:
-                raise InputError(f"{name} has shape {tuple(array.shape)}; expected {shape} [B, T, H, A] from readout and head")
+                raise InputError(
+                    f"{name} has shape {tuple(array.shape)}; expected {shape} (B, T of the readout, H, A of the head)"
+                )
         return action_pad_mask_BTHA.astype(bool) & timestep_pad_mask_BT.astype(bool)[:, :, None, None]
 
     def _chunks(self, flat_BTD: jax.Array) -> jax.Array:
@@ -96,7 +99,10 @@ class ContinuousActionHead(ActionHead):
         del rng  # deterministic head
         valid_BTHA = self._valid_mask(readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT)
         error_BTHA = self(readout, train=train) - actions_BTHA
-        metrics = {"mse": masked_mean(jnp.square(error_BTHA), valid_BTHA), "l1": masked_mean(jnp.abs(error_BTHA), valid_BTHA)}
+        metrics = {
+            "mse": masked_mean(jnp.square(error_BTHA), valid_BTHA),
+            "l1": masked_mean(jnp.abs(error_BTHA), valid_BTHA),
+        }
         metrics["loss"] = metrics[self.loss_type]
         return metrics["loss"], metrics
 
@@ -127,7 +133,9 @@ class DiscreteActionHead(ActionHead):
 
     def setup(self):
         if self.n_bins < 2 or not self.low < self.high:
-            raise InputError(f"n_bins={self.n_bins}, low={self.low}, high={self.high}; expected n_bins >= 2 and low < high")
+            raise InputError(
+                f"n_bins={self.n_bins}, low={self.low}, high={self.high}; expected n_bins >= 2 and low < high"
+            )
         self.logits_proj = nn.Dense(self.action_horizon * self.action_dim * self.n_bins)
 
     def __call__(self, readout: TokenGroup, *, train: bool) -> jax.Array:
@@ -236,7 +244,10 @@ class _DenoisingHead(ActionHead):
         return time_BT1
 
     def __call__(self, readout: TokenGroup, *, train: bool, time_BT1=None, noisy_actions_BTHA=None, rng=None):
-        """The network's output [B, T, H, A] at `time` for `noisy_actions` (zeros for both by default, for init)."""
+        """The network's output [B, T, H, A] at `time` for `noisy_actions`.
+
+        Both default to zeros, which is all `init` needs; `rng` is the dropout key (see DenoisingNetwork).
+        """
         embeddings_BTC = pool_readout(readout)
         B, T = embeddings_BTC.shape[:2]
         time_BT1 = jnp.zeros((B, T, 1)) if time_BT1 is None else time_BT1
@@ -281,8 +292,9 @@ class DiffusionActionHead(_DenoisingHead):
 
     `time` of `__call__` is the diffusion step (0 = least noise .. diffusion_steps - 1). Sampling:
     "ddpm" runs ancestral sampling over every step (posterior variance "fixed small"); "ddim" runs
-    the deterministic DDIM (eta = 0) over `num_inference_steps` evenly spaced steps. Both clip the
-    predicted clean chunk to [-max_action, max_action] at every step.
+    the deterministic DDIM (eta = 0) over `num_inference_steps` evenly spaced steps (every step when
+    it equals diffusion_steps). Both clip the predicted clean chunk to [-max_action, max_action] at
+    every step.
     """
 
     diffusion_steps: int = 20
@@ -297,7 +309,9 @@ class DiffusionActionHead(_DenoisingHead):
         return np.cumprod(1 - cosine_beta_schedule(self.diffusion_steps))
 
     def loss(self, readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT, *, rng, train):
-        valid_BTHA, actions_BTHA = self._clean_targets(readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT)
+        valid_BTHA, actions_BTHA = self._clean_targets(
+            readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT
+        )
         time_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         B, T = actions_BTHA.shape[:2]
         time_BT1 = jax.random.randint(time_rng, (B, T, 1), 0, self.diffusion_steps)
@@ -309,21 +323,34 @@ class DiffusionActionHead(_DenoisingHead):
         return loss, {"loss": loss}
 
     def predict_action(
-        self, readout: TokenGroup, *, rng, train: bool = False, sampler: str | None = None, num_inference_steps: int | None = None
+        self,
+        readout: TokenGroup,
+        *,
+        rng,
+        train: bool = False,
+        sampler: str | None = None,
+        num_inference_steps: int | None = None,
     ) -> jax.Array:
         """Samples chunks; `sampler` and `num_inference_steps` override the fields for this call."""
         sampler = self.sampler if sampler is None else sampler
-        steps = next(n for n in (num_inference_steps, self.num_inference_steps, self.diffusion_steps) if n is not None)
+        steps = next(s for s in (num_inference_steps, self.num_inference_steps, self.diffusion_steps) if s is not None)
         if sampler not in ("ddpm", "ddim"):
             raise InputError(f"sampler '{sampler}'; expected 'ddpm' or 'ddim'")
         if sampler == "ddpm" and steps != self.diffusion_steps:
-            raise InputError(f"num_inference_steps={steps} with the ddpm sampler; it runs all diffusion_steps={self.diffusion_steps} (use 'ddim' for fewer)")
+            raise InputError(
+                f"num_inference_steps={steps} with the ddpm sampler; it runs all "
+                f"diffusion_steps={self.diffusion_steps} (use sampler 'ddim' for fewer)"
+            )
         if not 1 <= steps <= self.diffusion_steps:
             raise InputError(f"num_inference_steps={steps}; expected 1 .. diffusion_steps={self.diffusion_steps}")
 
-        # Evenly spaced steps from the noisiest down to 0 (all of them for ddpm); the step after
-        # the last one is "no noise" (alpha_hat = 1), so the final update returns the clean chunk.
-        times = np.linspace(self.diffusion_steps - 1, 0, steps).round().astype(np.int32)
+        # Steps k * (diffusion_steps // steps) from the highest down to 0 (all of them for ddpm), as
+        # diffusers' default "leading" spacing. Fewer steps leave out the top steps: the 0.999-clipped
+        # top of the cosine schedule keeps ~1e-5 of the signal, so the clean chunk predicted there is
+        # amplified noise (clipped to max_action) that deterministic DDIM carries to the end (on the
+        # two-mode toy problem, 5 steps from the top put 94% of samples on one mode). The step after
+        # the last is "no noise" (alpha_hat = 1), so the final update returns the clean chunk.
+        times = (np.arange(steps)[::-1] * (self.diffusion_steps // steps)).astype(np.int32)
         alpha_hats = self._alpha_hats()
         alpha_hat_t = alpha_hats[times].astype(np.float32)
         alpha_hat_prev = np.append(alpha_hats[times[1:]], 1.0).astype(np.float32)
@@ -341,8 +368,11 @@ class DiffusionActionHead(_DenoisingHead):
                 # The noise consistent with the clipped clean chunk, re-noised to the previous level.
                 eps_BTD = (noisy_BTD - jnp.sqrt(a_t) * clean_BTD) / jnp.sqrt(1 - a_t)
                 return jnp.sqrt(a_prev) * clean_BTD + jnp.sqrt(1 - a_prev) * eps_BTD, None
+            # The posterior q(x_prev | x_t, clean) of Ho et al. (2020), eqs. 6-7.
             beta_t = 1 - a_t / a_prev
-            mean_BTD = (jnp.sqrt(a_prev) * beta_t * clean_BTD + jnp.sqrt(1 - beta_t) * (1 - a_prev) * noisy_BTD) / (1 - a_t)
+            clean_coef = jnp.sqrt(a_prev) * beta_t / (1 - a_t)
+            noisy_coef = jnp.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)
+            mean_BTD = clean_coef * clean_BTD + noisy_coef * noisy_BTD
             std = jnp.sqrt(beta_t * (1 - a_prev) / (1 - a_t))  # 0 at the last step
             return mean_BTD + std * jax.random.normal(noise_rng, noisy_BTD.shape), None
 
@@ -365,14 +395,18 @@ class FlowMatchingActionHead(_DenoisingHead):
     time_beta: tuple[float, float] = (1.5, 1.0)
 
     def loss(self, readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT, *, rng, train):
-        valid_BTHA, actions_BTHA = self._clean_targets(readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT)
+        valid_BTHA, actions_BTHA = self._clean_targets(
+            readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT
+        )
         time_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         B, T = actions_BTHA.shape[:2]
         time_BT1 = 0.001 + 0.999 * jax.random.beta(time_rng, *self.time_beta, (B, T, 1))
         noise_BTHA = jax.random.normal(noise_rng, actions_BTHA.shape)
         time_BT11 = time_BT1[..., None]
         noisy_BTHA = time_BT11 * noise_BTHA + (1 - time_BT11) * actions_BTHA
-        velocity_BTHA = self(readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng)
+        velocity_BTHA = self(
+            readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng
+        )
         loss = masked_mean(jnp.square(velocity_BTHA - (noise_BTHA - actions_BTHA)), valid_BTHA)
         return loss, {"loss": loss}
 
@@ -389,7 +423,7 @@ class FlowMatchingActionHead(_DenoisingHead):
 
         def step(noisy_BTD, inputs):
             time, dropout_rng = inputs
-            velocity_BTD = network(noisy_BTD, jnp.full((B, T, 1), time), dropout_rng)
+            velocity_BTD = network(noisy_BTD, self._network_time(jnp.full((B, T, 1), time)), dropout_rng)
             return noisy_BTD - velocity_BTD / steps, None
 
         noisy_BTD = jax.random.normal(start_rng, (B, T, self.action_horizon * self.action_dim))
@@ -413,3 +447,11 @@ def create_head(name: str, *, action_horizon: int, action_dim: int, **kwargs) ->
         raise InputError(f"unknown action head '{name}'; expected one of {sorted(HEADS)}")
     cls, defaults = HEADS[name]
     return cls(action_horizon=action_horizon, action_dim=action_dim, **{**defaults, **kwargs})
+
+
+def head_spec(name: str, *, action_horizon: int, action_dim: int, **kwargs) -> dict:
+    """The serializable spec (for a config) of the head registered as `name`."""
+    if name not in HEADS:
+        raise InputError(f"unknown action head '{name}'; expected one of {sorted(HEADS)}")
+    cls, defaults = HEADS[name]
+    return spec.create(cls, action_horizon=action_horizon, action_dim=action_dim, **{**defaults, **kwargs})

@@ -6,7 +6,9 @@
       decay: "cosine"            "cosine" (to final_lr_fraction at num_steps), "rsqrt" or "constant"
       weight_decay: 0.01
       clip_gradient: 1.0         global-norm clipping (0 or None: off)
-      frozen_keys: ("*language_encoder*",)   glob patterns on "/"-joined parameter paths
+      frozen_keys: ("language_encoder/*",)   glob patterns on "/"-joined parameter paths
+      trainable_keys: None       when set, only parameters matching one of these patterns train
+                                 (finetuning modes); frozen_keys still apply on top
 """
 
 import fnmatch
@@ -39,11 +41,17 @@ def parameter_path(path: Sequence) -> str:
     return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
 
 
-def frozen_mask(params, frozen_keys: Sequence[str]):
-    """A pytree of bools over `params`: True where the "/"-joined path matches a frozen pattern."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(fnmatch.fnmatch(parameter_path(path), pattern) for pattern in frozen_keys), params
-    )
+def frozen_mask(params, frozen_keys: Sequence[str], trainable_keys: Sequence[str] | None = None):
+    """A pytree of bools over `params`: True where the "/"-joined path is frozen, i.e. matches a
+    frozen pattern, or (when `trainable_keys` is given) matches none of the trainable patterns."""
+
+    def frozen(path, _):
+        name = parameter_path(path)
+        if trainable_keys is not None and not any(fnmatch.fnmatch(name, pattern) for pattern in trainable_keys):
+            return True
+        return any(fnmatch.fnmatch(name, pattern) for pattern in frozen_keys)
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
 
 
 def make_optimizer(params, config: Mapping, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -59,7 +67,9 @@ def make_optimizer(params, config: Mapping, num_steps: int) -> tuple[optax.Gradi
                                   weight_decay=config.get("weight_decay", 0.0)))
     optimizer = optax.chain(*transforms)
     frozen_keys = tuple(config.get("frozen_keys", ()))
-    if frozen_keys:
-        labels = jax.tree_util.tree_map(lambda frozen: "frozen" if frozen else "trained", frozen_mask(params, frozen_keys))
+    trainable_keys = config.get("trainable_keys")
+    if frozen_keys or trainable_keys is not None:
+        mask = frozen_mask(params, frozen_keys, None if trainable_keys is None else tuple(trainable_keys))
+        labels = jax.tree_util.tree_map(lambda frozen: "frozen" if frozen else "trained", mask)
         optimizer = optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
     return optimizer, schedule

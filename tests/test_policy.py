@@ -1,0 +1,121 @@
+"""PolicyModel: creation from a config, loss, sampling, tasks, and the release format round trip."""
+
+import numpy as np
+import pytest
+
+import jax
+
+from octo_like.model.heads import DiffusionActionHead
+from octo_like.model.policy import PolicyModel, with_normalization_settings
+from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.utils import spec
+from octo_like.utils.errors import InputError
+
+B, T, H, A, P = 2, 2, 3, 4, 4
+
+
+def small_config(head="diffusion"):
+    heads = {"diffusion": spec.create(DiffusionActionHead, action_horizon=H, action_dim=A, diffusion_steps=5)}
+    return {
+        "model": {
+            "observation_tokenizers": {
+                "primary": spec.create(ImageTokenizer, camera="primary", image_size=(32, 32),
+                                       stem_kwargs={"features": (8, 16), "num_features": 32, "patch_size": 8}),
+                "proprio": spec.create(ProprioTokenizer, mode="linear", token_dim=16),
+            },
+            "task_tokenizers": {},
+            "language": {"max_length": 8},
+            "readouts": {"action": 1},
+            "transformer": {"size": "tiny", "num_layers": 1, "token_dim": 32, "num_heads": 2, "mlp_dim": 64},
+            "heads": {"action": heads[head]},
+        },
+        "dataset": {"dataset_kwargs": {"action_proprio_normalization_type": "normal"}},
+    }
+
+
+def example_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "observation": {
+            "image_primary": rng.integers(0, 256, (B, T, 32, 32, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(B, T, P)).astype(np.float32),
+            "timestep": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
+            "timestep_pad_mask": np.ones((B, T), bool),
+            "pad_mask_dict": {"image_primary": np.ones((B, T), bool), "proprio": np.ones((B, T), bool)},
+        },
+        "task": {
+            "language_instruction": {"input_ids": np.full((B, 8), 101, np.int32), "attention_mask": np.ones((B, 8), np.int32)},
+            "pad_mask_dict": {"language_instruction": np.ones(B, bool)},
+        },
+        "action": rng.normal(size=(B, T, H, A)).astype(np.float32),
+        "action_pad_mask": np.ones((B, T, H, A), bool),
+        "dataset_name": np.array([b"toy"] * B, dtype=object),
+    }
+
+
+STATISTICS = {
+    "toy": with_normalization_settings(
+        {"action": {"mean": np.array([1.0, 2.0, 3.0, 0.0]), "std": np.array([2.0, 2.0, 2.0, 1.0])},
+         "proprio": {"mean": np.zeros(P), "std": np.ones(P)}},
+        "normal", action_mask=[True, True, True, False],
+    )
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return PolicyModel.create(small_config(), example_batch(), STATISTICS, jax.random.key(0))
+
+
+def test_language_encoder_is_the_pretrained_minilm(model):
+    from octo_like.model.language.minilm import minilm_param_tree
+
+    pretrained = minilm_param_tree()
+    np.testing.assert_array_equal(model.params["language_encoder"]["word_embeddings"]["embedding"],
+                                  pretrained["word_embeddings"]["embedding"])
+
+
+def test_loss_is_finite_and_language_gets_no_gradient(model):
+    batch = example_batch()
+    (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(model.params, batch, jax.random.key(1), True)
+    assert np.isfinite(loss) and "action_loss" in metrics
+    language_grads = jax.tree_util.tree_leaves(grads["language_encoder"])
+    assert all(float(np.abs(g).max()) == 0.0 for g in language_grads)
+    assert any(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["head_modules_action"]))
+
+
+def test_sample_actions_unnormalizes_with_the_statistics_settings(model):
+    batch = example_batch()
+    task = model.create_tasks(texts=["open the drawer", "reach the goal"])
+    assert task["language_instruction"]["input_ids"].shape == (B, 8)
+    normalized = model.sample_actions(batch["observation"], task, rng=jax.random.key(2))
+    actions = model.sample_actions(batch["observation"], task, rng=jax.random.key(2),
+                                   unnormalization_statistics=STATISTICS["toy"]["action"])
+    assert normalized.shape == actions.shape == (B, H, A)
+    np.testing.assert_allclose(actions[..., :3], normalized[..., :3] * 2.0 + np.array([1.0, 2.0, 3.0]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(actions[..., 3], normalized[..., 3])  # masked: the gripper stays raw
+
+
+def test_release_round_trip_gives_the_same_actions(model, tmp_path):
+    model.save_pretrained(7, str(tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "dataset_statistics.json", "example_batch.msgpack", "7"}
+    loaded = PolicyModel.load_pretrained(str(tmp_path))
+    batch, task = example_batch(), model.create_tasks(texts=["a", "b"])
+    np.testing.assert_allclose(
+        loaded.sample_actions(batch["observation"], task, rng=jax.random.key(3)),
+        model.sample_actions(batch["observation"], task, rng=jax.random.key(3)), atol=1e-6,
+    )
+    np.testing.assert_array_equal(loaded.dataset_statistics["toy"]["action"]["mask"], [True, True, True, False])
+
+
+def test_bad_inputs_fail_in_one_line(model, tmp_path):
+    observation = dict(example_batch()["observation"])
+    del observation["proprio"]
+    task = model.create_tasks(texts=["a", "b"])
+    with pytest.raises(InputError, match=r"observation has no 'proprio'"):
+        model.sample_actions(observation, task, rng=jax.random.key(0))
+    observation = dict(example_batch()["observation"], image_primary=np.zeros((B, T, 48, 48, 3), np.uint8))
+    with pytest.raises(InputError, match=r"observation\['image_primary'\] has shape \(2, 2, 48, 48, 3\); the model was built for \[B, T, \*\[32, 32, 3\]\]"):
+        model.sample_actions(observation, task, rng=jax.random.key(0))
+    with pytest.raises(InputError, match="is not a run directory: it has no config.json"):
+        PolicyModel.load_pretrained(str(tmp_path))
