@@ -1,0 +1,72 @@
+"""scripts/train.py and scripts/finetune.py end to end on the synthetic dataset (8 forced CPU devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "experiments/configs/octo_scratch.py:tiny"
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, f"scripts/{script}", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+def small_run(data_dir, run_dir, *extra):
+    return [f"--config.dataset.data_dir={data_dir}", f"--config.run_dir={run_dir}", "--config.num_steps=4",
+            "--config.log_interval=2", "--config.eval_interval=4", "--config.eval_batches=1",
+            "--config.save_interval=4", "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20", *extra]
+
+
+@pytest.fixture(scope="module")
+def pretrained(synthetic_data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
+    result = run_script("train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_train_writes_the_release_format_and_metrics(pretrained):
+    names = {path.name for path in pretrained.iterdir()}
+    assert {"config.json", "dataset_statistics.json", "example_batch.msgpack", "metrics.jsonl", "loss.png", "4", "tensorboard"} <= names
+    records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [2, 4] and all(np.isfinite(r["train/loss"]) for r in train)
+    assert any("val/loss" in r for r in records)
+    statistics = json.loads((pretrained / "dataset_statistics.json").read_text())
+    assert statistics["synthetic_rlds/default"]["action"]["normalization_type"] == "normal"
+    assert len(statistics["synthetic_rlds/default"]["action"]["mask"]) == 7
+
+
+def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head(pretrained, synthetic_data_dir, tmp_path):
+    from octo_like.model.policy import PolicyModel
+
+    run_dir = tmp_path / "finetuned"
+    result = run_script(
+        "finetune.py", f"--pretrained={pretrained}", f"--config={CONFIG}", "--mode=head_mlp_only",
+        *small_run(synthetic_data_dir, run_dir, "--config.dataset.mixture=synthetic_rlds/no_wrist",
+                   "--config.model.heads.action.kwargs.action_dim=2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(("loaded", "new", "dropped"))}
+    assert "block_transformer" in lines["loaded"] and "head_modules_action" in lines["new"]
+    assert lines["dropped"].startswith("dropped: 0 arrays")  # a reshaped head is new, not dropped
+    before, after = PolicyModel.load_pretrained(str(pretrained)), PolicyModel.load_pretrained(str(run_dir))
+    np.testing.assert_array_equal(after.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
+                                  before.params["block_transformer"]["block_0"]["mlp_out"]["kernel"])
+    assert after.example_batch["action"].shape[-1] == 2
+
+
+def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synthetic_data_dir, tmp_path):
+    result = run_script(
+        "finetune.py", f"--pretrained={pretrained}", f"--config={CONFIG}",
+        *small_run(synthetic_data_dir, tmp_path / "bad", "--config.model.heads.action.kwargs.action_dim=5"),
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: model.heads.action.kwargs.action_dim=5 disagrees with the dataset's 7-d actions", result.stderr[-2000:]
