@@ -73,7 +73,7 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
         state = checkpoint_lib.restore_state(manager, state, manager.latest_step())
         print(f"resumed from step {int(state.step)}")
     train_step = make_train_step(model.loss, optimizer)
-    eval_step = make_eval_step(model.loss)
+    eval_step = make_eval_step(model.loss, model.action_mse)
     writer = MetricsWriter(run_dir)
 
     start_step = int(state.step)

@@ -84,6 +84,14 @@ def test_loss_is_finite_and_language_gets_no_gradient(model):
     assert any(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["head_modules_action"]))
 
 
+def test_action_mse_compares_sampled_chunks_with_the_targets(model):
+    batch = example_batch()
+    metrics = model.action_mse(model.params, batch, jax.random.key(4))
+    assert set(metrics) == {"action_action_mse"} and np.isfinite(metrics["action_action_mse"])
+    padded = dict(batch, action_pad_mask=np.zeros_like(batch["action_pad_mask"]))
+    assert float(model.action_mse(model.params, padded, jax.random.key(4))["action_action_mse"]) == 0.0
+
+
 def test_sample_actions_unnormalizes_with_the_statistics_settings(model):
     batch = example_batch()
     task = model.create_tasks(texts=["open the drawer", "reach the goal"])

@@ -107,14 +107,25 @@ class PolicyNetwork(nn.Module):
     def loss(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng, train: bool):
         readouts = self.readout_groups(observation, task, train=train)
         total, metrics = 0.0, {}
-        for name, head in self.head_modules.items():
+        for index, (name, head) in enumerate(sorted(self.head_modules.items())):
             loss, head_metrics = head.loss(
                 readouts[head.readout_key], actions_BTHA, action_pad_mask_BTHA, observation["timestep_pad_mask"],
-                rng=jax.random.fold_in(rng, hash(name) % 2**31), train=train,
+                rng=jax.random.fold_in(rng, index), train=train,
             )
             total = total + loss
             metrics.update({f"{name}_{key}": value for key, value in head_metrics.items()})
         return total, metrics
+
+    def action_mse(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng):
+        """Per head: the masked MSE of sampled action chunks against the targets (normalized space)."""
+        readouts = self.readout_groups(observation, task, train=False)
+        valid_BTHA = action_pad_mask_BTHA & observation["timestep_pad_mask"][:, :, None, None]
+        metrics = {}
+        for index, (name, head) in enumerate(sorted(self.head_modules.items())):
+            predicted_BTHA = head.predict_action(readouts[head.readout_key], rng=jax.random.fold_in(rng, index), train=False)
+            squared_BTHA = jnp.where(valid_BTHA, (predicted_BTHA - actions_BTHA) ** 2, 0.0)
+            metrics[f"{name}_action_mse"] = squared_BTHA.sum() / jnp.maximum(valid_BTHA.sum(), 1)
+        return metrics
 
     def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping[str, Any]):
         readouts = self.readout_groups(observation, task, train=False)
@@ -205,6 +216,14 @@ class PolicyModel:
         return self.module.apply(
             {"params": params}, observation, task, batch["action"], batch["action_pad_mask"],
             rng=rng, train=train, method=PolicyNetwork.loss, rngs={"dropout": rng},
+        )
+
+    def action_mse(self, params: dict, batch: Mapping, rng: jax.Array) -> dict:
+        """{"<head>_action_mse": ...} of a batch: how far sampled chunks are from the targets."""
+        observation, task = _model_inputs(batch)
+        return self.module.apply(
+            {"params": params}, observation, task, batch["action"], batch["action_pad_mask"], rng=rng,
+            method=PolicyNetwork.action_mse,
         )
 
     def create_tasks(self, texts: list[str] | None = None, goals: Mapping[str, np.ndarray] | None = None) -> dict:

@@ -22,9 +22,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) ->
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(loss_fn: LossFn) -> Callable:
+def make_eval_step(loss_fn: LossFn, extra_metrics_fn: Callable[[dict, dict, jax.Array], dict] | None = None) -> Callable:
+    """Validation: the loss without dropout, plus `extra_metrics_fn(params, batch, rng)` (e.g. action MSE)."""
+
     def eval_step(params: dict, batch: dict, rng: jax.Array) -> dict:
-        loss, metrics = loss_fn(params, batch, rng, False)
-        return {**metrics, "loss": loss}
+        loss_rng, extra_rng = jax.random.split(rng)
+        loss, metrics = loss_fn(params, batch, loss_rng, False)
+        extra = extra_metrics_fn(params, batch, extra_rng) if extra_metrics_fn is not None else {}
+        return {**metrics, **extra, "loss": loss}
 
     return jax.jit(eval_step)
