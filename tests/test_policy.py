@@ -127,3 +127,13 @@ def test_bad_inputs_fail_in_one_line(model, tmp_path):
         model.sample_actions(observation, task, rng=jax.random.key(0))
     with pytest.raises(InputError, match="is not a run directory: it has no config.json"):
         PolicyModel.load_pretrained(str(tmp_path))
+
+
+def test_model_and_evaluation_never_import_tensorflow():
+    # DESIGN: the model never imports TF; evaluation renders with EGL, which crashes beside TF.
+    import subprocess
+    import sys
+
+    code = ("import sys, octo_like.model.policy, octo_like.eval.rollout, octo_like.eval.policies; "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
