@@ -5,12 +5,14 @@ example_batch.msgpack, orbax steps <step>/{params,state}, metrics.jsonl, tensorb
 and resumes from the latest step of an existing run directory.
 """
 
+import itertools
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import tqdm
+from absl import logging
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
@@ -53,7 +55,8 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     check_batch_size(config["dataset"]["batch_size"], mesh)
 
     train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **config["dataset"])
-    val_data, _ = make_named_mixture(train=False, seed=config["seed"], **config["dataset"])
+    # Repeated: `eval_batches` batches even from a validation split smaller than that.
+    val_data, _ = make_named_mixture(train=False, repeat=True, seed=config["seed"], **config["dataset"])
     statistics = dataset_statistics_with_settings(config["dataset"], statistics)
     train_batches = train_data.iterator()
     example_batch = next(train_batches)
@@ -90,10 +93,13 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
             progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
             window_start, window_steps = time.perf_counter(), 0
         if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
-            val_batches = val_data.iterator()
-            val_metrics = [jax.device_get(eval_step(state.params, shard_batch(next(val_batches), mesh), jax.random.key(step)))
-                           for _ in range(config["eval_batches"])]
-            writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
+            val_batches = itertools.islice(val_data.iterator(), config["eval_batches"])
+            val_metrics = [jax.device_get(eval_step(state.params, shard_batch(batch, mesh), jax.random.key(step)))
+                           for batch in val_batches]
+            if val_metrics:
+                writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
+            else:
+                logging.warning("the validation split holds less than one batch: no validation metrics at step %d", step + 1)
         if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"]:
             model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
     manager.wait_until_finished()

@@ -54,6 +54,7 @@ def make_interleaved_dataset(
     traj_transform_threads: int = DEFAULT_TRANSFORM_THREADS,
     traj_read_threads: int = DEFAULT_READ_THREADS,
     seed: int = 0,
+    repeat: bool | None = None,
 ) -> tuple[DLataset, dict[str, dict]]:
     """Interleaves datasets by weight; returns (batches or frames, statistics by dataset name).
 
@@ -66,6 +67,8 @@ def make_interleaved_dataset(
         `apply_frame_transforms` arguments shared by all datasets. Action and proprio are padded to
         the largest dimension in the mixture unless max_action_dim / max_proprio_dim are given.
       batch_size: None returns unbatched frames.
+      repeat: cycle through the datasets forever (default: when training). Validation repeats too
+        when it wants a fixed number of batches from a split smaller than that.
     """
     if not dataset_kwargs_list:
         raise InputError("dataset_kwargs_list is empty; expected at least one dataset")
@@ -98,7 +101,7 @@ def make_interleaved_dataset(
                 "seed": seed + index,
             }
         )
-        if train:
+        if train if repeat is None else repeat:
             dataset = dataset.repeat()
         dataset = apply_trajectory_transforms(
             dataset, train=train, num_parallel_calls=transform_threads[index], seed=seed + 1000 * (index + 1),

@@ -24,6 +24,7 @@ dataset_statistics.json, example_batch.msgpack and orbax steps with the paramete
 import dataclasses
 import json
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -284,7 +285,7 @@ class PolicyModel:
         )
         example_bytes = flax.serialization.msgpack_serialize(self.example_batch)
         path = os.path.join(run_dir, "example_batch.msgpack")
-        write_atomically(path, lambda temp_path: open(temp_path, "wb").write(example_bytes))
+        write_atomically(path, lambda temp_path: pathlib.Path(temp_path).write_bytes(example_bytes))
         own_manager = manager is None
         manager = manager or release.checkpoint_manager(run_dir)
         release.save(manager, step, self.params if params is None else params, state)

@@ -5,6 +5,7 @@
 """
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,9 +17,16 @@ USAGE_ERROR_EXIT_CODE = 2
 
 
 def exit_with_error_line(error: InputError) -> None:
-    """`error: <message>` on stderr, exit status 2: what a CLI does with an InputError."""
+    """`error: <message>` on stderr, exit status 2: what a CLI does with an InputError.
+
+    Exits at once (os._exit, after flushing): with a tf.data iterator alive, TensorFlow's thread
+    pools can hang a normal interpreter shutdown, and on bad input there is nothing to finish
+    (every file is written to a temporary path and renamed).
+    """
     print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)
-    sys.exit(USAGE_ERROR_EXIT_CODE)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(USAGE_ERROR_EXIT_CODE)
 
 
 def run_cli(main: Callable[[list[str]], object]) -> None:
