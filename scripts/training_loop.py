@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -48,6 +49,9 @@ def check_heads_fit_data(config: dict, example_batch: dict) -> None:
             raise InputError(f"model.heads.{name}.kwargs.action_horizon={kwargs['action_horizon']} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None = None) -> PolicyModel:
     """Trains `config` (a plain dict); `init_params(model)` may replace the fresh parameters (finetuning)."""
     run_dir = config["run_dir"]
@@ -75,7 +79,11 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     if manager.latest_step() is not None:
         state = checkpoint_lib.restore_state(manager, state, manager.latest_step())
         print(f"resumed from step {int(state.step)}")
-    train_step = make_train_step(model.loss, optimizer)
+    compute_dtype = config.get("compute_dtype", "float32")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
+    train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[compute_dtype],
+                                 grad_accumulation_steps=config.get("grad_accumulation_steps", 1))
     eval_step = make_eval_step(model.loss, model.action_mse)
     writer = MetricsWriter(run_dir)
 

@@ -47,6 +47,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 4
     config.save_interval = 1000
     config.mesh = dict(data=-1, fsdp=1)
+    config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
+    config.grad_accumulation_steps = 1
     # The tiny model gets a narrow stem too: at 64x64 the default stem is most of a CPU step.
     stem_kwargs = TINY_STEM if size == "tiny" else {}
     config.model = dict(
@@ -57,7 +59,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         task_tokenizers={},
         language=dict(max_length=16, tokenizer_json=None, checkpoint=None),
         readouts={"action": 1},
-        transformer=dict(size=size, dropout_rate=0.0),
+        transformer=dict(size=size, dropout_rate=0.0, remat=False),
         heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
     )
     config.optimizer = dict(

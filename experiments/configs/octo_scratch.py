@@ -58,6 +58,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 4
     config.save_interval = 1000
     config.mesh = dict(data=-1, fsdp=1)
+    config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
+    config.grad_accumulation_steps = 1
     config.model = dict(
         observation_tokenizers={
             camera: spec.create(ImageTokenizer, camera=camera, stem_kwargs=stem_kwargs, image_size=image_size)
@@ -68,7 +70,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         },
         language=dict(max_length=dataset.traj_transform_kwargs.text_tokenizer.kwargs.max_length, tokenizer_json=None, checkpoint=None),
         readouts={"action": 1},
-        transformer=dict(size=size, dropout_rate=0.1 if size != "tiny" else 0.0),
+        transformer=dict(size=size, dropout_rate=0.1 if size != "tiny" else 0.0, remat=False),
         heads={"action": head_spec(head, action_horizon=action_horizon, action_dim=7)},
     )
     config.optimizer = dict(

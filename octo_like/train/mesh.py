@@ -1,8 +1,15 @@
-"""The device mesh (axes `data` and `fsdp`) and the shardings of batches and parameters.
+"""The device mesh (axes `data`, `fsdp` and optionally `tensor`) and the shardings of batches and parameters.
 
-One device is a 1x1 mesh; the batch is split over all devices along (data, fsdp). Parameters are
-replicated here; rule-based FSDP sharding of large arrays comes with multi-host training.
+One device is a 1x1 mesh; the batch is split over all (data, fsdp) devices and replicated over
+`tensor`. Parameters are placed by sharding rules: an ordered list of (regex, PartitionSpec) matched
+against the "/"-joined parameter path, first match wins (big_vision style); an array that no rule
+matches gets the default FSDP spec (its largest `fsdp`-divisible axis split over `fsdp` when it is
+large enough, else replicated).
 """
+
+import math
+import re
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -11,22 +18,36 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from octo_like.utils.errors import InputError
 
 BATCH_AXES = ("data", "fsdp")
+TENSOR_AXIS = "tensor"
+FSDP_MIN_SIZE = 2**14  # smaller arrays cost more in all-gathers than they save in memory
+
+ShardingRules = list[tuple[str, PartitionSpec]]
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: list | None = None) -> Mesh:
-    """A (data, fsdp) mesh over `devices` (default: all); -1 takes the remaining devices."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | None = None) -> Mesh:
+    """A (data, fsdp[, tensor]) mesh over `devices` (default: all); data=-1 takes the remaining devices.
+
+    The `tensor` axis exists only when tensor > 1, so shardings written for (data, fsdp) keep working.
+    """
     devices = list(devices if devices is not None else jax.devices())
+    for name, size in (("fsdp", fsdp), ("tensor", tensor)):
+        if not isinstance(size, int) or size < 1:
+            raise InputError(f"mesh {name}={size!r} must be a positive integer")
+    if not isinstance(data, int) or not (data == -1 or data >= 1):
+        raise InputError(f"mesh data={data!r} must be a positive integer or -1 (all remaining devices)")
+    sizes = {"fsdp": fsdp, "tensor": tensor} if tensor > 1 else {"fsdp": fsdp}
     if data == -1:
-        if len(devices) % fsdp:
-            raise InputError(f"mesh fsdp={fsdp} does not divide the {len(devices)} devices")
-        data = len(devices) // fsdp
-    if data * fsdp != len(devices):
-        raise InputError(f"mesh shape data={data} x fsdp={fsdp} needs {data * fsdp} devices; there are {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
+        if len(devices) % math.prod(sizes.values()):
+            raise InputError(f"mesh {_shape_str(sizes)} does not divide the {len(devices)} devices")
+        data = len(devices) // math.prod(sizes.values())
+    sizes = {"data": data, **sizes}
+    if math.prod(sizes.values()) != len(devices):
+        raise InputError(f"mesh {_shape_str(sizes)} needs {math.prod(sizes.values())} devices; there are {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over every device."""
+    """Leading (batch) axis split over the (data, fsdp) devices, replicated over `tensor`."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
@@ -35,8 +56,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    if batch_size % mesh.size:
-        raise InputError(f"batch_size={batch_size} is not divisible by the {mesh.size} devices of the mesh {dict(mesh.shape)}")
+    shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+    if batch_size % shards:
+        raise InputError(f"batch_size={batch_size} is not divisible by the {shards} data x fsdp devices of the mesh {dict(mesh.shape)}")
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
@@ -49,6 +71,79 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
         return jax.device_put(tree, sharding)
 
     return numeric(batch)
+
+
+def default_fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
+    """Split the largest axis divisible by `fsdp_size` over "fsdp" (ties: the last such axis).
+
+    Arrays smaller than `min_size`, with no divisible axis, or on a mesh with fsdp_size == 1 are
+    replicated (PartitionSpec()).
+    """
+    if fsdp_size == 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    candidates = [(length, axis) for axis, length in enumerate(shape) if length % fsdp_size == 0]
+    if not candidates:
+        return PartitionSpec()
+    _, axis = max(candidates)  # tuples compare the length first, then the axis: ties go to the last axis
+    return PartitionSpec(*(("fsdp" if i == axis else None) for i in range(len(shape))))
+
+
+def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
+    """A pytree of NamedSharding shaped like `params` (any pytree: parameters, optimizer states, ...).
+
+    Each leaf's "/"-joined path is matched with `re.search` against the rules in order, so a rule like
+    `Dense_0/kernel$` also places the optimizer moments of that kernel; unmatched leaves (including
+    scalars such as step counters) get `default_fsdp_spec`.
+    """
+    compiled = []
+    for pattern, spec in rules:
+        try:
+            compiled.append((re.compile(pattern), pattern, spec))
+        except re.error as err:
+            raise InputError(f"sharding rule {pattern!r} is not a valid regex: {err}") from None
+    fsdp_size = mesh.shape["fsdp"]
+
+    def sharding_for(key_path, leaf):
+        path = jax.tree_util.keystr(key_path, simple=True, separator="/")
+        shape = tuple(np.shape(leaf))
+        for regex, pattern, spec in compiled:
+            if regex.search(path):
+                return NamedSharding(mesh, _checked_rule_spec(path, shape, pattern, spec, mesh))
+        return NamedSharding(mesh, default_fsdp_spec(shape, fsdp_size, fsdp_min_size))
+
+    return jax.tree_util.tree_map_with_path(sharding_for, params)
+
+
+def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
+    """`params` (any pytree) placed on the mesh with `param_shardings`."""
+    return jax.device_put(params, param_shardings(params, mesh, rules, fsdp_min_size))
+
+
+def _checked_rule_spec(path: str, shape: tuple, pattern: str, spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+    """`spec` with the optional `tensor` axis dropped when the mesh has none, after checking it fits `shape`."""
+
+    def fail(reason: str):
+        raise InputError(f"sharding rule {pattern!r} does not fit {path} of shape {shape}: {spec} {reason}")
+
+    if len(spec) != len(shape):
+        fail(f"has rank {len(spec)}, the array has rank {len(shape)}")
+    entries = []
+    for axis, entry in enumerate(spec):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        for name in names:
+            if name not in mesh.shape and name != TENSOR_AXIS:
+                fail(f"names mesh axis {name!r}; the mesh axes are {tuple(mesh.shape)}")
+        # make_mesh leaves out a size-1 `tensor` axis, so a tensor-parallel rule set still runs without one.
+        names = tuple(name for name in names if name in mesh.shape)
+        split = math.prod(mesh.shape[name] for name in names)
+        if shape[axis] % split:
+            fail(f"splits axis {axis} (length {shape[axis]}) into {split} parts, which does not divide it")
+        entries.append(None if not names else names[0] if len(names) == 1 else names)
+    return PartitionSpec(*entries)
+
+
+def _shape_str(sizes: dict) -> str:
+    return " x ".join(f"{name}={size}" for name, size in sizes.items())
 
 
 def _is_text(value) -> bool:

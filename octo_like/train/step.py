@@ -1,25 +1,74 @@
-"""The jitted train and eval steps, for any model loss `loss_fn(params, batch, rng, train) -> (loss, metrics)`."""
+"""The jitted train and eval steps, for any model loss `loss_fn(params, batch, rng, train) -> (loss, metrics)`.
+
+Mixed precision: with `compute_dtype=jnp.bfloat16` the floating-point parameters are cast inside
+the differentiated function, so the forward and backward passes run in bf16 while the
+parameters, their gradients and the optimizer state stay float32. Gradient accumulation splits the
+batch into `grad_accumulation_steps` micro-batches along its first axis and averages their
+gradients under `lax.scan` (one micro-batch of activations in memory at a time).
+"""
 
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from octo_like.train.state import TrainState
+from octo_like.utils.errors import InputError
 
 LossFn = Callable[[dict, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable:
+def cast_floats(tree, dtype):
+    """Floating-point leaves of `tree` cast to `dtype`; integers, booleans and keys untouched."""
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def split_micro_batches(batch: dict, num_micro_batches: int) -> dict:
+    """Every array [B, ...] -> [num_micro_batches, B / num_micro_batches, ...]."""
+
+    def split(x):
+        if x.shape[0] % num_micro_batches:
+            raise InputError(f"batch of {x.shape[0]} is not divisible into grad_accumulation_steps={num_micro_batches} micro-batches")
+        return x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, compute_dtype=jnp.float32,
+                    grad_accumulation_steps: int = 1, donate: bool = True) -> Callable:
+    def compute_loss(params, batch, rng):
+        loss, metrics = loss_fn(cast_floats(params, compute_dtype), batch, rng, True)
+        return loss.astype(jnp.float32), metrics
+
+    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+
+    def gradients(params, batch, rng):
+        if grad_accumulation_steps == 1:
+            return grad_fn(params, batch, rng)
+        micro_batches = split_micro_batches(batch, grad_accumulation_steps)
+
+        def accumulate(carry, inputs):
+            index, micro_batch = inputs
+            (loss, metrics), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+            carry = jax.tree_util.tree_map(jnp.add, carry, ((loss, metrics), grads))
+            return carry, None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), rng))
+        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accumulation_steps), micro_batches))
+        return jax.tree_util.tree_map(lambda x: x / grad_accumulation_steps, total)
+
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng, step_rng = jax.random.split(state.rng)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng, True)
+        (loss, metrics), grads = gradients(state.params, batch, step_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0 if donate else ())
 
 
 def make_eval_step(loss_fn: LossFn, extra_metrics_fn: Callable[[dict, dict, jax.Array], dict] | None = None) -> Callable:
