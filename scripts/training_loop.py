@@ -6,6 +6,8 @@ and resumes from the latest step of an existing run directory.
 """
 
 import itertools
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -13,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.sharding import PartitionSpec
 from absl import logging
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
 from octo_like.model.policy import PolicyModel, with_normalization_settings
 from octo_like.train import checkpoint as checkpoint_lib
-from octo_like.train.mesh import check_batch_size, make_mesh, replicated, shard_batch
+from octo_like.train.mesh import check_batch_size, make_mesh, shard_batch, shard_params
 from octo_like.train.metrics import MetricsWriter, plot_losses
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
@@ -71,13 +74,16 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     if init_params is not None:
         model.params = init_params(model)
     optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"])
-    state = jax.device_put(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), replicated(mesh))
+    # Parameters and optimizer state sharded by the config's rules, then by the default FSDP rule
+    # (all replicated when fsdp = 1).
+    state = shard_params(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), mesh,
+                         rules=[(pattern, PartitionSpec(*spec)) for pattern, spec in config.get("sharding_rules", [])])
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
     print(f"model: {num_params / 1e6:.2f}M parameters; run directory {run_dir}")
 
     manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"))
     if manager.latest_step() is not None:
-        state = checkpoint_lib.restore_state(manager, state, manager.latest_step())
+        state = checkpoint_lib.restore_state(manager, state)
         print(f"resumed from step {int(state.step)}")
     compute_dtype = config.get("compute_dtype", "float32")
     if compute_dtype not in COMPUTE_DTYPES:
@@ -86,6 +92,10 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
                                  grad_accumulation_steps=config.get("grad_accumulation_steps", 1))
     eval_step = make_eval_step(model.loss, model.action_mse)
     writer = MetricsWriter(run_dir)
+
+    # Preemption (SIGTERM, as TPU and cluster schedulers send it): finish the step, save, stop.
+    preempted = threading.Event()
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.set())
 
     start_step = int(state.step)
     progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"], desc="Training", unit="step")
@@ -108,8 +118,12 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
                 writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
             else:
                 logging.warning("the validation split holds less than one batch: no validation metrics at step %d", step + 1)
-        if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"]:
+        if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"] or preempted.is_set():
             model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
+        if preempted.is_set():
+            print(f"stopped by SIGTERM after step {step + 1}; saved it: the same command resumes")
+            break
+    signal.signal(signal.SIGTERM, previous_handler)
     manager.wait_until_finished()
     writer.close()
     plot_losses(run_dir)

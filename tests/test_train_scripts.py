@@ -70,3 +70,28 @@ def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synth
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == "error: model.heads.action.kwargs.action_dim=5 disagrees with the dataset's 7-d actions", result.stderr[-2000:]
+
+
+def test_sigterm_saves_the_current_step_and_the_same_command_resumes(synthetic_data_dir, tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "preempted"
+    args = [sys.executable, "scripts/train.py", f"--config={CONFIG}",
+            *small_run(synthetic_data_dir, run_dir, "--config.num_steps=100000", "--config.save_interval=100000",
+                       "--config.eval_interval=100000")]
+    process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:] if process.poll() is not None else "timeout"
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "stopped by SIGTERM after step" in stdout
+    saved_step = int(stdout.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    assert (run_dir / str(saved_step)).is_dir() and saved_step < 100000
+    resumed = run_script("train.py", f"--config={CONFIG}",
+                         *small_run(synthetic_data_dir, run_dir, f"--config.num_steps={saved_step + 2}"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {saved_step}" in resumed.stdout

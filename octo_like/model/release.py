@@ -7,9 +7,12 @@ renames it when complete, so a step directory that exists is whole.
 """
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from octo_like.utils.errors import InputError
 
@@ -30,11 +33,28 @@ def abstract_tree(tree):
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def restore_latest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any], step: int | None = None) -> tuple[Any, int]:
+    """`restore(step)` of `step`, or else of the newest step that restores; a step that fails
+    (corrupt or half-copied files) is skipped with a warning. Orbax never exposes a step whose
+    write was interrupted (it writes to a temporary directory first), so this guards against
+    damage after the fact."""
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    if not steps or (step is not None and step not in manager.all_steps()):
+        raise InputError(f"run directory '{manager.directory}' has no checkpoint step {step}; it has steps {sorted(manager.all_steps())}")
+    for candidate in steps:
+        try:
+            return restore(candidate), candidate
+        except Exception as error:  # noqa: BLE001  orbax raises many types for damaged files
+            if step is not None:
+                raise InputError(f"checkpoint step {step} of '{manager.directory}' cannot be restored: {type(error).__name__}: {error}") from error
+            logging.warning("checkpoint step %d of %s cannot be restored (%s: %s); trying the previous one",
+                            candidate, manager.directory, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    raise InputError(f"no checkpoint step of '{manager.directory}' can be restored (tried {steps})")
+
+
 def restore_params(run_dir: str, params_like, step: int | None = None):
-    """The parameters saved at `step` (default: the latest), with the structure of `params_like`."""
+    """The parameters saved at `step` (default: the newest good step), with the structure of `params_like`."""
     manager = checkpoint_manager(run_dir)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise InputError(f"run directory '{run_dir}' has no checkpoint step {step}; it has steps {list(manager.all_steps())}")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_tree(params_like))))
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_tree(params_like)))
+    restored, step = restore_latest_good(manager, lambda candidate: manager.restore(candidate, args=args), step)
     return restored["params"], step

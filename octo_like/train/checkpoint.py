@@ -2,10 +2,12 @@
 
 import orbax.checkpoint as ocp
 
-from octo_like.model.release import abstract_tree
+from octo_like.model.release import abstract_tree, restore_latest_good
 
 
-def restore_state(manager: ocp.CheckpointManager, state_like, step: int):
-    """The train state saved at `step`, with the structure (and shardings) of `state_like`."""
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state_like))))
+def restore_state(manager: ocp.CheckpointManager, state_like):
+    """The train state of the newest step that restores (damaged steps skipped with a warning),
+    with the structure (and shardings) of `state_like`."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state_like)))
+    restored, _ = restore_latest_good(manager, lambda step: manager.restore(step, args=args))
     return restored["state"]

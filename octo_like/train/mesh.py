@@ -58,7 +58,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
     if batch_size % shards:
-        raise InputError(f"batch_size={batch_size} is not divisible by the {shards} data x fsdp devices of the mesh {dict(mesh.shape)}")
+        raise InputError(
+            f"batch_size={batch_size} is not divisible by the {shards} data x fsdp devices of the mesh {dict(mesh.shape)}"
+        )
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
