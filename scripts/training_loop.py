@@ -98,10 +98,16 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.set())
 
     start_step = int(state.step)
+    # Exact resume: the pipeline is deterministic for its seed, so replaying it to the resumed
+    # step gives the batches the uninterrupted run saw (step k trains on element k of the stream,
+    # element 0 being the example batch). Costs the data work of the skipped steps, not training.
+    for _ in tqdm.trange(max(start_step - 1, 0), desc="Replaying the data stream to the resumed step", unit="batch",
+                         disable=start_step <= 1):
+        next(train_batches)
     progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"], desc="Training", unit="step")
     window_start, window_steps = time.perf_counter(), 0
     for step in progress:
-        batch = example_batch if step == start_step else next(train_batches)
+        batch = example_batch if step == 0 else next(train_batches)
         state, metrics = train_step(state, shard_batch(batch, mesh))
         window_steps += 1
         if (step + 1) % config["log_interval"] == 0:

@@ -31,10 +31,16 @@ def test_summary_has_the_results_json_structure():
     assert table[-1] == "| **mean** | **0.38** | | | |"
 
 
+def test_bounds_are_exact_at_all_and_no_successes():
+    for trials in range(1, 60):
+        assert wilson_interval(trials, trials)[1] == 1.0 and wilson_interval(0, trials)[0] == 0.0
+
+
 def test_chart_and_video_are_written_whole(tmp_path):
     import imageio.v2 as imageio
 
-    plot_success_rates(summarize(episodes()), str(tmp_path / "chart.png"))
+    all_succeed = [EpisodeResult("drawer-open-v3", i, i, "open", success=True, length=10) for i in range(10)]
+    plot_success_rates(summarize(episodes() + all_succeed), str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     frames = [np.full((32, 48, 3), 8 * i, np.uint8) for i in range(12)]
     write_video(str(tmp_path / "videos" / "episode.mp4"), frames, fps=10)

@@ -28,7 +28,10 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     denominator = 1 + z**2 / trials
     center = (rate + z**2 / (2 * trials)) / denominator
     half_width = z * math.sqrt(rate * (1 - rate) / trials + z**2 / (4 * trials**2)) / denominator
-    return max(0.0, center - half_width), min(1.0, center + half_width)
+    # At 0/n and n/n the bound is exactly the rate; rounding would otherwise leave it a hair off.
+    low = 0.0 if successes == 0 else max(0.0, center - half_width)
+    high = 1.0 if successes == trials else min(1.0, center + half_width)
+    return low, high
 
 
 def summarize(episodes: Sequence[EpisodeResult]) -> dict:
@@ -85,7 +88,7 @@ def plot_success_rates(results: Mapping, path: str | None = None, title: str = "
     tasks = list(results["tasks"])
     rates = np.array([results["tasks"][task]["success_rate"] for task in tasks])
     intervals = np.array([results["tasks"][task]["ci95"] for task in tasks]).reshape(-1, 2)
-    errors = np.stack([rates - intervals[:, 0], intervals[:, 1] - rates])
+    errors = np.clip(np.stack([rates - intervals[:, 0], intervals[:, 1] - rates]), 0.0, None)  # rounding
     figure = Figure(figsize=(max(4.0, 0.6 * len(tasks) + 1.5), 3.5))
     axes = figure.subplots()
     axes.bar(range(len(tasks)), rates, yerr=errors, capsize=3, color="tab:blue")
