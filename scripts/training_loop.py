@@ -6,6 +6,8 @@ and resumes from the latest step of an existing run directory.
 """
 
 import itertools
+import json
+import os
 import signal
 import threading
 import time
@@ -52,6 +54,22 @@ def check_heads_fit_data(config: dict, example_batch: dict) -> None:
             raise InputError(f"model.heads.{name}.kwargs.action_horizon={kwargs['action_horizon']} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
 
 
+def check_same_model(run_dir: str, config: dict) -> None:
+    """Resuming needs the model the checkpoint was trained with: one line naming the first difference."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as file:
+        saved = json.load(file)["model"]
+    current = json.loads(json.dumps(config["model"], default=list))
+    if saved != current:
+        differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        raise InputError(
+            f"run directory '{run_dir}' holds checkpoints of another model (model.{differing[0]} differs); "
+            "expected the same model config to resume, or a new --config.run_dir"
+        )
+
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -81,8 +99,10 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
     print(f"model: {num_params / 1e6:.2f}M parameters; run directory {run_dir}")
 
-    manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"))
+    manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"),
+                                         keep_period=config.get("keep_checkpoint_every"))
     if manager.latest_step() is not None:
+        check_same_model(run_dir, model.config)
         state = checkpoint_lib.restore_state(manager, state)
         print(f"resumed from step {int(state.step)}")
     compute_dtype = config.get("compute_dtype", "float32")

@@ -108,3 +108,13 @@ def test_run_stopped_by_sigterm_and_resumed_equals_the_uninterrupted_run(synthet
     for (path, value), (_, expected) in zip(jax.tree_util.tree_leaves_with_path(ours.params),
                                             jax.tree_util.tree_leaves_with_path(reference.params), strict=True):
         np.testing.assert_array_equal(value, expected, err_msg=jax.tree_util.keystr(path))
+
+
+def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_data_dir):
+    result = run_script("train.py", f"--config={CONFIG}",
+                        *small_run(synthetic_data_dir, pretrained, "--config.model.readouts.action=2"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
+        "expected the same model config to resume, or a new --config.run_dir"
+    )

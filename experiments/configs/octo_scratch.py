@@ -18,6 +18,7 @@ import importlib.util
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.tokenizers import GoalImageTokenizer, ImageTokenizer, ProprioTokenizer
@@ -57,6 +58,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.eval_interval = 500
     config.eval_batches = 4
     config.save_interval = 1000
+    config.max_checkpoints_to_keep = config_dict.placeholder(int)  # None: keep every saved step
+    config.keep_checkpoint_every = config_dict.placeholder(int)  # steps divisible by it survive max_checkpoints_to_keep
     config.mesh = dict(data=-1, fsdp=1)
     config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
     config.grad_accumulation_steps = 1
