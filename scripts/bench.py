@@ -3,6 +3,8 @@
     python scripts/bench.py data --config experiments/configs/synthetic.py:default [--seconds 10]
     python scripts/bench.py train --config experiments/configs/metaworld_scratch.py:diffusion [--seconds 20]
     python scripts/bench.py infer --config experiments/configs/metaworld_scratch.py [--heads l1,diffusion:ddim:5]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py scale \
+        --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
@@ -16,6 +18,11 @@ count, train steps/s and examples/s (jitted step, data loading excluded), peak h
 `infer`: `PolicyModel.sample_actions` latency (p50/p95 over calls, batch 1, jitted) for each
 `--heads` entry (`diffusion:ddim:5` = DDIM with 5 steps, `flow:10` = 10 Euler steps), on a model
 built from the config with that head.
+
+`scale`: for each `--fsdp_sizes` N (data = devices / N), the per-device bytes of parameters and
+optimizer state under the default FSDP rule (expected to fall as about 1/N for the sharded
+part), their ratio to N = 1, and train steps/s on that mesh. On a CPU, force devices with
+XLA_FLAGS=--xla_force_host_platform_device_count=8.
 
 `env`: Meta-World simulation speed, each figure the mean over `--tasks`: frames/s of one camera
 rendered as MetaWorldEnv renders (no multisampling, shadows or reflections) and, side by side, by
@@ -45,7 +52,8 @@ _INFER_HEADS = flags.DEFINE_string(
     "heads", "l1,discrete,diffusion:ddpm:20,diffusion:ddim:5,flow:10,flow:5",
     "infer: head[:sampler][:steps] entries (samplers of diffusion: ddpm, ddim).",
 )
-BENCHMARKS = ("data", "env", "train", "infer")
+_FSDP_SIZES = flags.DEFINE_list("fsdp_sizes", ["1", "2", "4", "8"], "scale: fsdp axis sizes to compare.")
+BENCHMARKS = ("data", "env", "train", "infer", "scale")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -207,6 +215,43 @@ def bench_train(config: dict, seconds: float) -> dict:
     }
 
 
+def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
+    import jax
+
+    from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch, shard_params
+    from octo_like.train.optim import make_optimizer
+    from octo_like.train.state import TrainState
+    from octo_like.train.step import make_train_step
+
+    batch = _example_batch(config)
+    model = _model(config, batch)
+    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
+    host_params = jax.device_get(model.params)  # each mesh gets its own buffers: the step donates them
+    results = []
+    for fsdp in fsdp_sizes:
+        mesh = make_mesh(data=-1, fsdp=fsdp)
+        check_batch_size(batch["action"].shape[0], mesh)
+        state = shard_params(TrainState.create(host_params, optimizer, jax.random.key(1)), mesh)
+        shardings = param_shardings(state, mesh)
+        train_step = make_train_step(model.loss, optimizer, state_shardings=shardings, batch_sharding=batch_sharding(mesh))
+        per_device_bytes = sum(
+            int(np.prod(sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+            for leaf, sharding in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings))
+        )
+        device_batch = shard_batch(batch, mesh)
+
+        def step():
+            nonlocal state
+            state, metrics = train_step(state, device_batch)
+            jax.block_until_ready(metrics["loss"])
+
+        results.append({"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes,
+                        "steps_per_s": calls_per_second(step, seconds, warmup=2)})
+    for result in results:
+        result["bytes_over_fsdp1"] = result["per_device_state_bytes"] / results[0]["per_device_state_bytes"]
+    return {"benchmark": "scale", "devices": len(jax.devices()), "batch_size": int(batch["action"].shape[0]), "results": results}
+
+
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
     import jax
 
@@ -249,12 +294,14 @@ def main(argv):
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
     if _SECONDS.value <= 0:
         raise InputError(f"--seconds={_SECONDS.value}; expected a positive number")
-    if argv[1] in ("data", "train", "infer") and _CONFIG.value is None:
+    if argv[1] in ("data", "train", "infer", "scale") and _CONFIG.value is None:
         raise InputError(f"{argv[1]} needs --config, e.g. --config experiments/configs/metaworld_scratch.py:diffusion")
     if argv[1] == "data":
         result = bench_data(_CONFIG.value, _SECONDS.value)
     elif argv[1] == "train":
         result = bench_train(_CONFIG.value.to_dict(), _SECONDS.value)
+    elif argv[1] == "scale":
+        result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":
         result = bench_infer(_CONFIG.value.to_dict(), _INFER_HEADS.value.split(","), _SECONDS.value)
     else:

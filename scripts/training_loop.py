@@ -24,7 +24,7 @@ from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
 from octo_like.model.policy import PolicyModel, with_normalization_settings
 from octo_like.train import checkpoint as checkpoint_lib
-from octo_like.train.mesh import check_batch_size, make_mesh, shard_batch, shard_params
+from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, shard_batch, shard_params
 from octo_like.train.metrics import MetricsWriter, plot_losses
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
@@ -109,7 +109,9 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     if compute_dtype not in COMPUTE_DTYPES:
         raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[compute_dtype],
-                                 grad_accumulation_steps=config.get("grad_accumulation_steps", 1))
+                                 grad_accumulation_steps=config.get("grad_accumulation_steps", 1),
+                                 state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
+                                 batch_sharding=batch_sharding(mesh))
     eval_step = make_eval_step(model.loss, model.action_mse)
     writer = MetricsWriter(run_dir)
 

@@ -38,7 +38,11 @@ def split_micro_batches(batch: dict, num_micro_batches: int) -> dict:
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, compute_dtype=jnp.float32,
-                    grad_accumulation_steps: int = 1, donate: bool = True) -> Callable:
+                    grad_accumulation_steps: int = 1, donate: bool = True, state_shardings=None,
+                    batch_sharding=None) -> Callable:
+    """The jitted step. With `state_shardings` (a pytree of shardings like the state, see
+    `mesh.param_shardings`) and `batch_sharding`, inputs and the new state are pinned to them, so
+    the state keeps its layout from step to step (no resharding, no recompilation)."""
     def compute_loss(params, batch, rng):
         loss, metrics = loss_fn(cast_floats(params, compute_dtype), batch, rng, True)
         return loss.astype(jnp.float32), metrics
@@ -68,7 +72,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
-    return jax.jit(train_step, donate_argnums=0 if donate else ())
+    donate_argnums = 0 if donate else ()
+    if state_shardings is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    return jax.jit(train_step, donate_argnums=donate_argnums, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, None))
 
 
 def make_eval_step(loss_fn: LossFn, extra_metrics_fn: Callable[[dict, dict, jax.Array], dict] | None = None) -> Callable:

@@ -1,0 +1,32 @@
+"""scripts/bench.py train, infer and scale end to end on the synthetic data (JSON shape, no speed asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(*args):
+    result = subprocess.run([sys.executable, "scripts/bench.py", *args, "--seconds=0.3"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_dir):
+    common = ["--config=experiments/configs/octo_scratch.py:tiny", f"--config.dataset.data_dir={synthetic_data_dir}",
+              "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20"]
+    train = bench("train", *common)
+    assert train["batch_size"] == 8 and train["params"] > train["params_without_language_encoder"] > 0
+    assert train["steps_per_s"] > 0 and train["examples_per_s"] == train["steps_per_s"] * 8 and train["peak_host_memory_mb"] > 0
+
+    infer = bench("infer", *common, "--heads=l1,flow:2")
+    assert [r["head"] for r in infer["results"]] == ["l1", "flow:2"]
+    assert all(0 < r["p50_ms"] <= r["p95_ms"] and r["calls"] > 0 for r in infer["results"])
+
+    scale = bench("scale", *common, "--fsdp_sizes=1,8")
+    assert [r["mesh"] for r in scale["results"]] == [{"data": 8, "fsdp": 1}, {"data": 1, "fsdp": 8}]
+    # Sharding the large arrays over 8 devices leaves well under a quarter per device.
+    assert scale["results"][1]["bytes_over_fsdp1"] < 0.25 and scale["results"][1]["steps_per_s"] > 0
