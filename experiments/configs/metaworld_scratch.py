@@ -21,6 +21,7 @@ from ml_collections import config_dict
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
 from octo_like.model.transformer import TRANSFORMER_SIZES
+from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 
@@ -38,19 +39,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         raise InputError(f"unknown head '{head}' in variant '{variant}'; expected one of {', '.join(HEADS)}")
     if size not in TRANSFORMER_SIZES:
         raise InputError(f"unknown size '{size}' in variant '{variant}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.run_dir = f"runs/metaworld_{head}_{size}"
-    config.num_steps = 1500
-    config.log_interval = 50
-    config.eval_interval = 500
-    config.eval_batches = 4
-    config.save_interval = 1000
-    config.max_checkpoints_to_keep = config_dict.placeholder(int)  # None: keep every saved step
-    config.keep_checkpoint_every = config_dict.placeholder(int)  # steps divisible by it survive max_checkpoints_to_keep
-    config.mesh = dict(data=-1, fsdp=1)
-    config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
-    config.grad_accumulation_steps = 1
+    config = training_run_config(run_dir=f"runs/metaworld_{head}_{size}", num_steps=1500)
     # The tiny model gets a narrow stem too: at 64x64 the default stem is most of a CPU step.
     stem_kwargs = TINY_STEM if size == "tiny" else {}
     config.model = dict(

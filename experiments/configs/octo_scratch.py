@@ -18,11 +18,11 @@ import importlib.util
 import os
 
 import ml_collections
-from ml_collections import config_dict
 
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.tokenizers import GoalImageTokenizer, ImageTokenizer, ProprioTokenizer
 from octo_like.model.transformer import TRANSFORMER_SIZES
+from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 
@@ -50,19 +50,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     image_sizes = {camera: tuple(size_hw) for camera, size_hw in dataset.frame_transform_kwargs.resize_size.items()}
     stem_kwargs = TINY_STEM if size == "tiny" else {}
 
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.run_dir = f"runs/octo_scratch_{size}_{head}"
-    config.num_steps = 2000
-    config.log_interval = 50
-    config.eval_interval = 500
-    config.eval_batches = 4
-    config.save_interval = 1000
-    config.max_checkpoints_to_keep = config_dict.placeholder(int)  # None: keep every saved step
-    config.keep_checkpoint_every = config_dict.placeholder(int)  # steps divisible by it survive max_checkpoints_to_keep
-    config.mesh = dict(data=-1, fsdp=1)
-    config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
-    config.grad_accumulation_steps = 1
+    config = training_run_config(run_dir=f"runs/octo_scratch_{size}_{head}", num_steps=2000)
     config.model = dict(
         observation_tokenizers={
             camera: spec.create(ImageTokenizer, camera=camera, stem_kwargs=stem_kwargs, image_size=image_size)
