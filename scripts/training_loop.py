@@ -8,8 +8,6 @@ and resumes from the latest step of an existing run directory.
 import itertools
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 
@@ -24,6 +22,7 @@ from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
 from octo_like.model.policy import PolicyModel, with_normalization_settings
 from octo_like.train import checkpoint as checkpoint_lib
+from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, shard_batch, shard_params
 from octo_like.train.metrics import MetricsWriter, plot_losses
 from octo_like.train.optim import make_optimizer
@@ -70,18 +69,34 @@ def check_same_model(run_dir: str, config: dict) -> None:
         )
 
 
+def local_dataset_config(dataset_config: dict) -> dict:
+    """The `dataset` section for this process: its shard of every dataset and its part of the batch."""
+    dataset_kwargs = {**dataset_config.get("dataset_kwargs", {}),
+                      "shard_index": jax.process_index(), "num_shards": jax.process_count()}
+    return {**dataset_config, "dataset_kwargs": dataset_kwargs,
+            "batch_size": distributed.local_batch_size(dataset_config["batch_size"])}
+
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None = None) -> PolicyModel:
-    """Trains `config` (a plain dict); `init_params(model)` may replace the fresh parameters (finetuning)."""
+    """Trains `config` (a plain dict); `init_params(model)` may replace the fresh parameters (finetuning).
+
+    With several processes (config `distributed`), each runs this same function: every process
+    reads its own shard of the data and feeds its own devices, all take part in the orbax saves,
+    and process 0 alone writes the metrics and prints.
+    """
+    distributed.initialize(**config.get("distributed", {}))
+    primary = distributed.is_primary()
     run_dir = config["run_dir"]
     mesh = make_mesh(**config.get("mesh", {}))
     check_batch_size(config["dataset"]["batch_size"], mesh)
 
-    train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **config["dataset"])
+    process_dataset_config = local_dataset_config(config["dataset"])
+    train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **process_dataset_config)
     # Repeated: `eval_batches` batches even from a validation split smaller than that.
-    val_data, _ = make_named_mixture(train=False, repeat=True, seed=config["seed"], **config["dataset"])
+    val_data, _ = make_named_mixture(train=False, repeat=True, seed=config["seed"], **process_dataset_config)
     statistics = dataset_statistics_with_settings(config["dataset"], statistics)
     train_batches = train_data.iterator()
     example_batch = next(train_batches)
@@ -97,14 +112,17 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     state = shard_params(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), mesh,
                          rules=[(pattern, PartitionSpec(*spec)) for pattern, spec in config.get("sharding_rules", [])])
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
-    print(f"model: {num_params / 1e6:.2f}M parameters; run directory {run_dir}")
+    if primary:
+        print(f"model: {num_params / 1e6:.2f}M parameters; {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
+              f"run directory {run_dir}")
 
     manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"),
                                          keep_period=config.get("keep_checkpoint_every"))
     if manager.latest_step() is not None:
         check_same_model(run_dir, model.config)
         state = checkpoint_lib.restore_state(manager, state)
-        print(f"resumed from step {int(state.step)}")
+        if primary:
+            print(f"resumed from step {int(state.step)}")
     compute_dtype = config.get("compute_dtype", "float32")
     if compute_dtype not in COMPUTE_DTYPES:
         raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
@@ -113,49 +131,50 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
                                  state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
                                  batch_sharding=batch_sharding(mesh))
     eval_step = make_eval_step(model.loss, model.action_mse)
-    writer = MetricsWriter(run_dir)
-
-    # Preemption (SIGTERM, as TPU and cluster schedulers send it): finish the step, save, stop.
-    preempted = threading.Event()
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.set())
+    writer = MetricsWriter(run_dir, active=primary)
 
     start_step = int(state.step)
     # Exact resume: the pipeline is deterministic for its seed, so replaying it to the resumed
     # step gives the batches the uninterrupted run saw (step k trains on element k of the stream,
     # element 0 being the example batch). Costs the data work of the skipped steps, not training.
     for _ in tqdm.trange(max(start_step - 1, 0), desc="Replaying the data stream to the resumed step", unit="batch",
-                         disable=start_step <= 1):
+                         disable=start_step <= 1 or not primary):
         next(train_batches)
-    progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"], desc="Training", unit="step")
+    progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"],
+                         desc="Training", unit="step", disable=not primary)
     window_start, window_steps = time.perf_counter(), 0
-    for step in progress:
-        batch = example_batch if step == 0 else next(train_batches)
-        state, metrics = train_step(state, shard_batch(batch, mesh))
-        window_steps += 1
-        if (step + 1) % config["log_interval"] == 0:
-            metrics = jax.device_get(metrics)
-            steps_per_s = window_steps / (time.perf_counter() - window_start)
-            writer.write(step + 1, {**metrics, "learning_rate": schedule(step), "steps_per_s": steps_per_s}, prefix="train/")
-            progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
-            window_start, window_steps = time.perf_counter(), 0
-        if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
-            val_batches = itertools.islice(val_data.iterator(), config["eval_batches"])
-            val_metrics = [jax.device_get(eval_step(state.params, shard_batch(batch, mesh), jax.random.key(step)))
-                           for batch in val_batches]
-            if val_metrics:
-                writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
-            else:
-                logging.warning("the validation split holds less than one batch: no validation metrics at step %d", step + 1)
-        if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"] or preempted.is_set():
-            model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
-        if preempted.is_set():
-            print(f"stopped by SIGTERM after step {step + 1}; saved it: the same command resumes")
-            break
-    signal.signal(signal.SIGTERM, previous_handler)
+    # Under the mesh, the model's activation constraints (octo_like.utils.sharding) apply.
+    with jax.set_mesh(mesh), distributed.PreemptionNotice() as preemption:
+        for step in progress:
+            batch = example_batch if step == 0 else next(train_batches)
+            state, metrics = train_step(state, shard_batch(batch, mesh))
+            window_steps += 1
+            if (step + 1) % config["log_interval"] == 0:
+                metrics = jax.device_get(metrics)
+                steps_per_s = window_steps / (time.perf_counter() - window_start)
+                writer.write(step + 1, {**metrics, "learning_rate": schedule(step), "steps_per_s": steps_per_s}, prefix="train/")
+                progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
+                val_batches = itertools.islice(val_data.iterator(), config["eval_batches"])
+                val_metrics = [jax.device_get(eval_step(state.params, shard_batch(batch, mesh), jax.random.key(step)))
+                               for batch in val_batches]
+                if val_metrics:
+                    writer.write(step + 1, {key: np.mean([m[key] for m in val_metrics]) for key in val_metrics[0]}, prefix="val/")
+                else:
+                    logging.warning("the validation split holds less than one batch: no validation metrics at step %d", step + 1)
+            preempted = preemption.reached(step + 1)
+            if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"] or preempted:
+                model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
+            if preempted:
+                if primary:
+                    print(f"stopped by SIGTERM after step {step + 1}; saved it: the same command resumes")
+                break
     manager.wait_until_finished()
     writer.close()
-    plot_losses(run_dir)
-    print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {config['num_steps']})")
+    if primary:
+        plot_losses(run_dir)
+        print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {config['num_steps']})")
     model.params = state.params
     return model
 

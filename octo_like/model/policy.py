@@ -276,7 +276,17 @@ class PolicyModel:
 
     def save_pretrained(self, step: int, run_dir: str, params: dict | None = None, manager=None, state=None) -> None:
         """Writes the release files and the parameters as orbax step `step` (plus a train `state`
-        for resuming, when given, through the trainer's `manager`)."""
+        for resuming, when given, through the trainer's `manager`). With several processes, every
+        process must call it (orbax saves cooperatively); process 0 alone writes the JSON files."""
+        if jax.process_index() == 0:
+            self._write_release_files(run_dir)
+        own_manager = manager is None
+        manager = manager or release.checkpoint_manager(run_dir)
+        release.save(manager, step, self.params if params is None else params, state)
+        if own_manager:
+            manager.wait_until_finished()
+
+    def _write_release_files(self, run_dir: str) -> None:
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomically(os.path.join(run_dir, "config.json"), json.dumps(self.config, indent=2, default=_json_default))
         write_text_atomically(
@@ -286,11 +296,6 @@ class PolicyModel:
         example_bytes = flax.serialization.msgpack_serialize(self.example_batch)
         path = os.path.join(run_dir, "example_batch.msgpack")
         write_atomically(path, lambda temp_path: pathlib.Path(temp_path).write_bytes(example_bytes))
-        own_manager = manager is None
-        manager = manager or release.checkpoint_manager(run_dir)
-        release.save(manager, step, self.params if params is None else params, state)
-        if own_manager:
-            manager.wait_until_finished()
 
     @classmethod
     def load_pretrained(cls, run_dir: str, step: int | None = None) -> "PolicyModel":

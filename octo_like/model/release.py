@@ -30,7 +30,18 @@ def save(manager: ocp.CheckpointManager, step: int, params, state=None) -> None:
 
 
 def abstract_tree(tree):
-    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+    """Restore targets for `tree`: its shapes, dtypes and shardings. Leaves without a sharding
+    (shapes from `jax.eval_shape`) restore onto this process's first device, whatever mesh or
+    number of processes saved them (orbax refuses to guess a layout for another topology)."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(leaf):
+        struct = ocp.utils.to_shape_dtype_struct(leaf)
+        if struct.sharding is None:
+            struct = jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=default)
+        return struct
+
+    return jax.tree_util.tree_map(target, tree)
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any], step: int | None = None) -> tuple[Any, int]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from octo_like.model.tokens import TokenGroup
 from octo_like.utils.errors import InputError
+from octo_like.utils.sharding import constrain_batch
 
 TRANSFORMER_SIZES = {
     "tiny": dict(num_layers=4, token_dim=128, num_heads=4, mlp_dim=512),
@@ -229,11 +230,12 @@ class BlockTransformer(nn.Module):
 
         # `train` is Python control flow inside the block: static (argument 3 of self, x, mask, train).
         block = nn.remat(_Block, static_argnums=(3,)) if self.remat else _Block
-        x_BLC = nn.Dropout(self.dropout_rate)(x_BLC, deterministic=not train)
+        x_BLC = constrain_batch(nn.Dropout(self.dropout_rate)(x_BLC, deterministic=not train))
         for i in range(self.num_layers):
             x_BLC = block(
                 self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate, name=f"block_{i}"
             )(x_BLC, mask_B1QK, train)
+            x_BLC = constrain_batch(x_BLC)  # activations stay split by example between blocks (see utils/sharding.py)
         x_BLC = nn.LayerNorm(name="final_norm")(x_BLC)
 
         num_task = sum(task_sizes)

@@ -16,8 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octo_like.utils.errors import InputError
-
-BATCH_AXES = ("data", "fsdp")
+from octo_like.utils.sharding import BATCH_AXES
 TENSOR_AXIS = "tensor"
 FSDP_MIN_SIZE = 2**14  # smaller arrays cost more in all-gathers than they save in memory
 
@@ -56,6 +55,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """The global batch must split evenly over the (data, fsdp) devices (and so over the processes)."""
     shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
     if batch_size % shards:
         raise InputError(
@@ -64,13 +64,15 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """A host batch (numpy) -> global arrays split over the mesh; strings (dataset_name) are left out."""
+    """This process's batch (numpy) -> global arrays split over the mesh; strings (dataset_name)
+    are left out. With several processes each passes its own part (`distributed.local_batch_size`
+    rows) and the global batch is their concatenation in process order."""
     sharding = batch_sharding(mesh)
 
     def numeric(tree):
         if isinstance(tree, dict):
             return {key: numeric(value) for key, value in tree.items() if not _is_text(value)}
-        return jax.device_put(tree, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(tree))
 
     return numeric(batch)
 
@@ -117,8 +119,21 @@ def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec
 
 
 def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
-    """`params` (any pytree) placed on the mesh with `param_shardings`."""
-    return jax.device_put(params, param_shardings(params, mesh, rules, fsdp_min_size))
+    """`params` (any pytree of host values or single-device arrays, the same in every process)
+    placed on the mesh with `param_shardings`.
+
+    Every device receives only its own slice, cut from the host copy: no device ever holds a whole
+    FSDP-sharded array, and with several processes each fills only its own devices (device_put
+    cannot address another process's devices).
+    """
+    return jax.tree_util.tree_map(_place, params, param_shardings(params, mesh, rules, fsdp_min_size))
+
+
+def _place(value, sharding: NamedSharding) -> jax.Array:
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):  # typed keys travel as their raw data
+        return jax.random.wrap_key_data(_place(jax.random.key_data(value), sharding), impl=jax.random.key_impl(value))
+    host_value = np.asarray(value)
+    return jax.make_array_from_callback(host_value.shape, sharding, lambda index: host_value[index])
 
 
 def _checked_rule_spec(path: str, shape: tuple, pattern: str, spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:

@@ -8,7 +8,13 @@ import numpy as np
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: str, tensorboard: bool = True):
+    """Appends to metrics.jsonl and tensorboard; with `active=False` (every process but the first
+    of a multi-process run) it writes nothing."""
+
+    def __init__(self, run_dir: str, tensorboard: bool = True, active: bool = True):
+        self.active = active
+        if not active:
+            return
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = open(self.path, "a")
@@ -19,6 +25,8 @@ class MetricsWriter:
             self._summary = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
+        if not self.active:
+            return
         values = {f"{prefix}{key}": float(np.asarray(value)) for key, value in metrics.items()}
         self._file.write(json.dumps({"step": int(step), **values}) + "\n")
         self._file.flush()
@@ -27,6 +35,8 @@ class MetricsWriter:
                 self._summary.scalar(key, value, int(step))
 
     def close(self) -> None:
+        if not self.active:
+            return
         self._file.close()
         if self._summary is not None:
             self._summary.flush()

@@ -17,6 +17,12 @@ def training_run_config(run_dir: str, num_steps: int) -> ml_collections.ConfigDi
     config.max_checkpoints_to_keep = config_dict.placeholder(int)  # None: keep every saved step
     config.keep_checkpoint_every = config_dict.placeholder(int)  # steps divisible by it survive max_checkpoints_to_keep
     config.mesh = dict(data=-1, fsdp=1)
+    # Multi-process runs (octo_like/train/distributed.py): a coordinator "host:port" with the
+    # process count and this process's id, or auto=True where JAX detects them (TPU pods, SLURM).
+    config.distributed = ml_collections.ConfigDict(dict(
+        coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),
+        process_id=config_dict.placeholder(int), auto=False,
+    ))
     config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
     config.grad_accumulation_steps = 1
     return config

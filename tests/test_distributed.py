@@ -1,0 +1,103 @@
+"""Two processes on localhost joined by jax.distributed (gloo CPU collectives) train like one."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from octo_like.model import release
+from octo_like.train import distributed
+from octo_like.utils.errors import InputError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO_ROOT, "tests", "distributed_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_worker(out_dir, process_id, num_processes, port, devices):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, WORKER, str(out_dir), str(process_id), str(num_processes), str(port)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    try:
+        _, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+
+
+def test_two_processes_train_and_save_like_one_process(tmp_path):
+    single, multi = tmp_path / "one_process", tmp_path / "two_processes"
+    port = free_port()
+    workers = [start_worker(single, 0, 1, 0, devices=4)]
+    workers += [start_worker(multi, i, 2, port, devices=2) for i in range(2)]
+    for worker in workers:
+        finish(worker)
+
+    reference, result = np.load(single / "result.npz"), np.load(multi / "result.npz")
+    # Each process held only its half of the 4 devices, and the kernels were split over fsdp=2.
+    np.testing.assert_array_equal(result["kernel_shard_shape"], [32, 32])
+    assert set(result.files) == set(reference.files) and len(result.files) > 10
+    # The cross-process (gloo) all-reduces may sum in another order than the in-process ones:
+    # float32 rounding only.
+    np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-5)
+    for name in reference.files:
+        np.testing.assert_allclose(result[name], reference[name], rtol=0, atol=1e-5, err_msg=name)
+
+    # The checkpoint both processes wrote together restores in one process, onto one device.
+    params_like = {name: reference[name] for name in reference.files if name not in ("losses", "kernel_shard_shape")}
+    manager = release.checkpoint_manager(str(multi / "checkpoints"))
+    assert manager.all_steps() == [3]
+    restored = release.restore_params(str(multi / "checkpoints"), _nested(params_like))[0]
+    for name, value in params_like.items():
+        np.testing.assert_array_equal(_lookup(restored, name), result[name], err_msg=name)
+
+
+def _nested(flat: dict) -> dict:
+    tree = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    return tree
+
+
+def _lookup(tree: dict, name: str):
+    for key in name.split("."):
+        tree = tree[key]
+    return np.asarray(tree)
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(num_processes=2, process_id=1), "distributed.num_processes=2 / process_id=1 need distributed.coordinator_address"),
+        (dict(coordinator_address="10.0.0.1", num_processes=2, process_id=0), "distributed.coordinator_address='10.0.0.1': expected 'host:port'"),
+        (dict(coordinator_address="10.0.0.1:1234", process_id=0), "distributed.num_processes=None: expected a positive integer"),
+        (dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=2), "distributed.process_id=2: expected an integer in [0, num_processes=2)"),
+    ],
+)
+def test_bad_distributed_settings_fail_in_one_line_before_connecting(settings, expected):
+    with pytest.raises(InputError) as excinfo:
+        distributed.initialize(**settings)
+    assert str(excinfo.value).startswith(expected) and "\n" not in str(excinfo.value)
+
+
+def test_single_process_needs_no_initialization():
+    distributed.initialize()  # no coordinator, not auto: nothing happens
+    assert not jax.distributed.is_initialized()
+    assert distributed.is_primary() and distributed.local_batch_size(8) == 8
