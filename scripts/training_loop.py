@@ -174,7 +174,7 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     writer.close()
     if primary:
         plot_losses(run_dir)
-        print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {config['num_steps']})")
+        print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {manager.latest_step()})")
     model.params = state.params
     return model
 

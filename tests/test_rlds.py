@@ -40,6 +40,22 @@ def test_host_shards_are_disjoint_and_cover_the_split(synthetic_data_dir):
     assert set.union(*episodes) == set(range(DEFAULT_CONFIG.num_episodes))
 
 
+def test_a_split_smaller_than_the_process_count(synthetic_data_dir):
+    def episodes(train, shard_index, num_shards):
+        dataset, _ = make_dataset_from_rlds("synthetic_rlds/default", synthetic_data_dir, train=train, shuffle=False,
+                                            shard_index=shard_index, num_shards=num_shards, **KEYS)
+        return [t["action"].tobytes() for t in dataset.iterator()]  # a trajectory by its actions
+
+    # The val split (the last 5% of train) holds one trajectory: each of 2 processes reads it whole.
+    assert len(episodes(False, 0, 1)) == 1
+    assert episodes(False, 0, 2) == episodes(False, 1, 2) == episodes(False, 0, 1)
+    # Training cannot give each of 30 processes its own trajectory: one clear line.
+    with pytest.raises(InputError) as excinfo:
+        episodes(True, 0, 30)
+    assert str(excinfo.value) == ("dataset 'synthetic_rlds/default' split 'train[:95%]' holds 23 trajectories, "
+                                  "fewer than num_shards=30 (one shard per process); expected at least one per process")
+
+
 def test_restructure_normalize_and_pad_missing_camera(synthetic_data_dir):
     dataset, stats = make_dataset_from_rlds(
         "synthetic_rlds/no_wrist",

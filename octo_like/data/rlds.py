@@ -21,6 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from octo_like.data import statistics as statistics_lib
 from octo_like.data.dlataset import AUTOTUNE, DLataset
@@ -213,6 +214,19 @@ def make_dataset_from_rlds(
             raise InputError(f"skip_unlabeled=True for dataset '{name}' needs a language_key")
         filters.append(has_language)
 
+    def process_shard(split: str) -> tuple[int, int]:
+        """(shard_index, num_shards), or the whole split for a val split too small to give every
+        process a trajectory (its metrics then repeat examples across processes, never fail)."""
+        available = builder.info.splits[split].num_examples
+        if num_shards == 1 or available >= num_shards:
+            return shard_index, num_shards
+        if train:
+            raise InputError(f"dataset '{name}' split '{split}' holds {available} trajectories, fewer than "
+                             f"num_shards={num_shards} (one shard per process); expected at least one per process")
+        logging.warning("dataset '%s' split '%s' holds %d trajectories for %d processes: every process reads all of it",
+                        name, split, available, num_shards)
+        return 0, 1
+
     def trajectories(split: str, shuffle_files: bool, shard: tuple[int, int]) -> DLataset:
         dataset = DLataset.from_rlds(
             builder, split, shuffle_files, seed=seed, num_parallel_reads=num_parallel_reads,
@@ -258,7 +272,8 @@ def make_dataset_from_rlds(
             force_recompute=force_recompute_dataset_statistics,
         )
 
-    dataset = trajectories(train_split if train else val_split, train if shuffle is None else shuffle, (shard_index, num_shards))
+    split = train_split if train else val_split
+    dataset = trajectories(split, train if shuffle is None else shuffle, process_shard(split))
     dataset = dataset.traj_map(
         lambda traj: statistics_lib.normalize_action_and_proprio(
             traj,
