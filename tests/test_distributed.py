@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -107,9 +109,6 @@ def test_single_process_needs_no_initialization():
 def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synthetic_data_dir, tmp_path):
     """scripts/train.py as a 2-process job (2 devices each, mesh data=2 x fsdp=2); SIGTERM reaches
     process 1 only, and both processes agree on the step to save and stop at."""
-    import signal
-    import time
-
     from octo_like.model.policy import PolicyModel
 
     run_dir, port = tmp_path / "run", free_port()

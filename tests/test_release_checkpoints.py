@@ -27,3 +27,14 @@ def test_damaged_newest_step_falls_back_to_the_previous_good_one(tmp_path):
         release.restore_params(str(tmp_path), {"w": np.zeros((4, 3), np.float32)}, step=2)
     with pytest.raises(InputError, match=r"has no checkpoint step 7; it has steps \[1, 2\]"):
         release.restore_params(str(tmp_path), {"w": np.zeros((4, 3), np.float32)}, step=7)
+
+
+def test_a_checkpoint_of_another_structure_fails_in_one_line_naming_the_cause(tmp_path):
+    manager = release.checkpoint_manager(str(tmp_path))
+    release.save(manager, 1, {"w": jnp.ones((4, 3))})
+    manager.wait_until_finished()
+    with pytest.raises(InputError) as excinfo:
+        release.restore_params(str(tmp_path), {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})
+    message = str(excinfo.value)
+    assert message.startswith(f"no checkpoint step of '{tmp_path}' can be restored (tried [1]); the last error: ")
+    assert "\n" not in message and len(message) > len(f"no checkpoint step of '{tmp_path}' can be restored (tried [1]); the last error: ") + 10

@@ -52,15 +52,18 @@ def restore_latest_good(manager: ocp.CheckpointManager, restore: Callable[[int],
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     if not steps or (step is not None and step not in manager.all_steps()):
         raise InputError(f"run directory '{manager.directory}' has no checkpoint step {step}; it has steps {sorted(manager.all_steps())}")
+    reason = ""
     for candidate in steps:
         try:
             return restore(candidate), candidate
         except Exception as error:  # noqa: BLE001  orbax raises many types for damaged files
             if step is not None:
                 raise InputError(f"checkpoint step {step} of '{manager.directory}' cannot be restored: {type(error).__name__}: {error}") from error
-            logging.warning("checkpoint step %d of %s cannot be restored (%s: %s); trying the previous one",
-                            candidate, manager.directory, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-    raise InputError(f"no checkpoint step of '{manager.directory}' can be restored (tried {steps})")
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            logging.warning("checkpoint step %d of %s cannot be restored (%s); trying the previous one", candidate, manager.directory, reason)
+    # Every step failing the same way is rarely damage: more often the target differs from what
+    # was saved (another optimizer or model), which the last reason names.
+    raise InputError(f"no checkpoint step of '{manager.directory}' can be restored (tried {steps}); the last error: {reason}")
 
 
 def restore_params(run_dir: str, params_like, step: int | None = None):
