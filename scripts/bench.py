@@ -245,8 +245,9 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
             state, metrics = train_step(state, device_batch)
             jax.block_until_ready((state, metrics))  # the whole step, not just the loss
 
-        results.append({"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes,
-                        "steps_per_s": calls_per_second(step, seconds, warmup=2)})
+        with jax.set_mesh(mesh):  # as in training: the model's activation constraints apply
+            steps_per_s = calls_per_second(step, seconds, warmup=2)
+        results.append({"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes, "steps_per_s": steps_per_s})
     for result in results:
         result["bytes_over_fsdp1"] = result["per_device_state_bytes"] / results[0]["per_device_state_bytes"]
     return {"benchmark": "scale", "devices": len(jax.devices()), "batch_size": int(batch["action"].shape[0]), "results": results}

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import jax
+import jax.extend
 
 from octo_like.model.heads import DiffusionActionHead
 from octo_like.model.policy import PolicyModel, with_normalization_settings
@@ -82,6 +83,51 @@ def test_loss_is_finite_and_language_gets_no_gradient(model):
     language_grads = jax.tree_util.tree_leaves(grads["language_encoder"])
     assert all(float(np.abs(g).max()) == 0.0 for g in language_grads)
     assert any(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["head_modules_action"]))
+
+
+def matmul_dtypes(fn, *args) -> dict:
+    """{primitive: [(output dtype, multiply-adds)]} of every matmul and convolution `fn` traces to,
+    nested calls included."""
+    found = {"dot_general": [], "conv_general_dilated": []}
+
+    def multiply_adds(eqn):
+        lhs, rhs = (var.aval.shape for var in eqn.invars[:2])
+        if eqn.primitive.name == "dot_general":
+            (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
+            return np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[axis] for axis in lhs_contracting])
+        return np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs) // eqn.outvars[0].aval.shape[-1]  # NHWC out, HWIO kernel
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in found:
+                found[eqn.primitive.name].append((str(eqn.outvars[0].aval.dtype), int(multiply_adds(eqn))))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_bf16_parameters_make_the_stem_and_the_transformer_compute_in_bf16(model):
+    from octo_like.train.step import cast_floats
+
+    def loss(params):
+        return model.loss(params, example_batch(), jax.random.key(1), True)[0]
+
+    float32 = matmul_dtypes(loss, model.params)
+    assert {dtype for ops in float32.values() for dtype, _ in ops} == {"float32"}
+    bfloat16 = matmul_dtypes(loss, cast_floats(model.params, jax.numpy.bfloat16))
+    # Every convolution (the stem), and the matmuls of the language encoder, the transformer and
+    # the readout projections; only small ones stay float32 (the proprio projection and the
+    # diffusion head's MLP, fed float32 noisy actions).
+    assert {dtype for dtype, _ in bfloat16["conv_general_dilated"]} == {"bfloat16"}
+    total = sum(count for _, count in bfloat16["dot_general"])
+    in_bf16 = sum(count for dtype, count in bfloat16["dot_general"] if dtype == "bfloat16")
+    assert in_bf16 / total > 0.9, bfloat16["dot_general"]
 
 
 def test_action_mse_compares_sampled_chunks_with_the_targets(model):

@@ -1,13 +1,16 @@
 """The train step: gradient accumulation equals one big batch; bf16 compute keeps fp32 state."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from octo_like.train.mesh import batch_sharding, make_mesh, shard_batch, shard_params
 from octo_like.train.state import TrainState
-from octo_like.train.step import make_train_step
+from octo_like.train.step import make_train_step, split_micro_batches
 from octo_like.utils.errors import InputError
 
 
@@ -19,11 +22,11 @@ def mlp_loss(params, batch, rng, train):
     return loss, {"mse": loss}
 
 
-def setup(seed=0):
+def setup(seed=0, batch_size=16):
     rng = np.random.default_rng(seed)
     params = {"w1": rng.normal(size=(6, 32)).astype(np.float32) * 0.3, "b1": np.zeros(32, np.float32),
               "w2": rng.normal(size=(32, 2)).astype(np.float32) * 0.3}
-    batch = {"x": rng.normal(size=(16, 6)).astype(np.float32), "y": rng.normal(size=(16, 2)).astype(np.float32)}
+    batch = {"x": rng.normal(size=(batch_size, 6)).astype(np.float32), "y": rng.normal(size=(batch_size, 2)).astype(np.float32)}
     return jax.tree_util.tree_map(jnp.asarray, params), batch
 
 
@@ -44,6 +47,30 @@ def test_four_micro_batches_equal_one_big_batch(optimizer):
         np.testing.assert_allclose(micro_params[key], big_params[key], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(micro_metrics["loss"], big_metrics["loss"], rtol=1e-6)
     np.testing.assert_allclose(micro_metrics["grad_norm"], big_metrics["grad_norm"], rtol=1e-5)
+
+
+def test_accumulation_on_a_mesh_spreads_every_micro_batch_over_all_devices():
+    params, batch = setup(batch_size=64)
+    optimizer = optax.sgd(0.1)
+    reference_state, _ = make_train_step(mlp_loss, optimizer, donate=False)(TrainState.create(params, optimizer, jax.random.key(0)), batch)
+
+    mesh = make_mesh(data=2, fsdp=4)
+    state = shard_params(TrainState.create(params, optimizer, jax.random.key(0)), mesh, fsdp_min_size=64)
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
+    step = make_train_step(mlp_loss, optimizer, grad_accumulation_steps=4, donate=False, state_shardings=shardings,
+                           batch_sharding=batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        new_state, _ = step(state, shard_batch(batch, mesh))
+        lowered = step.lower(state, shard_batch(batch, mesh)).as_text()
+    for key in params:
+        np.testing.assert_allclose(new_state.params[key], reference_state.params[key], rtol=1e-6, atol=1e-6)
+    # Each 16-row micro-batch is pinned to all 8 (data, fsdp) devices inside the scan.
+    assert re.search(r'sdy.sharding_constraint %\w+ <@mesh, \[\{"data", "fsdp"\}, \{\}\]> : tensor<16x6xf32>', lowered)
+
+
+def test_micro_batches_are_strided():
+    micro_batches = split_micro_batches({"x": np.arange(8)}, 4)
+    np.testing.assert_array_equal(micro_batches["x"], [[0, 4], [1, 5], [2, 6], [3, 7]])
 
 
 def test_bf16_compute_keeps_float32_parameters_and_optimizer_state():

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from octo_like.model.precision import parameter_dtype
 from octo_like.model.tokens import TokenGroup
 from octo_like.utils.errors import InputError
 from octo_like.utils.sharding import constrain_batch
@@ -189,6 +190,11 @@ class BlockTransformer(nn.Module):
             raise InputError(f"token_dim={self.token_dim}: expected a multiple of num_heads={self.num_heads}")
         batch_size, num_timesteps = _check_groups(task_groups, obs_groups, readout_groups, self.num_timesteps_max)
         width = self.token_dim
+        # Tokens from float32 sources (frozen encoders, proprio) join in the parameters' dtype, so
+        # a bf16 compute_dtype makes the whole transformer run in bf16 (see octo_like/model/precision.py).
+        dtype = parameter_dtype(self)
+        task_groups = {name: TokenGroup(g.tokens.astype(dtype), g.mask) for name, g in task_groups.items()}
+        obs_groups = {name: TokenGroup(g.tokens.astype(dtype), g.mask) for name, g in obs_groups.items()}
 
         def embedding(name, shape):
             return self.param(name, _EMBEDDING_INIT, shape)

@@ -1,9 +1,10 @@
 """The jitted train and eval steps, for any model loss `loss_fn(params, batch, rng, train) -> (loss, metrics)`.
 
 Mixed precision: with `compute_dtype=jnp.bfloat16` the floating-point parameters are cast inside
-the differentiated function, so the forward and backward passes run in bf16 while the
-parameters, their gradients and the optimizer state stay float32. Gradient accumulation splits the
-batch into `grad_accumulation_steps` micro-batches along its first axis and averages their
+the differentiated function (the policy's stems and transformer convert their inputs to their
+parameters' dtype, octo_like/model/precision.py), so the forward and backward passes run in bf16
+while the parameters, their gradients and the optimizer state stay float32. Gradient accumulation
+splits the batch into `grad_accumulation_steps` strided micro-batches and averages their
 gradients under `lax.scan` (one micro-batch of activations in memory at a time).
 """
 
@@ -15,6 +16,7 @@ import optax
 
 from octo_like.train.state import TrainState
 from octo_like.utils.errors import InputError
+from octo_like.utils.sharding import constrain_batch
 
 LossFn = Callable[[dict, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
@@ -27,12 +29,15 @@ def cast_floats(tree, dtype):
 
 
 def split_micro_batches(batch: dict, num_micro_batches: int) -> dict:
-    """Every array [B, ...] -> [num_micro_batches, B / num_micro_batches, ...]."""
+    """Every array [B, ...] -> [num_micro_batches, B / num_micro_batches, ...], micro-batch i taking
+    rows i, i + n, i + 2n, ... A mesh holds the batch in contiguous blocks of rows per device, so
+    strided micro-batches keep every device busy in every micro-step (contiguous ones would each
+    sit on a few devices)."""
 
     def split(x):
         if x.shape[0] % num_micro_batches:
             raise InputError(f"batch of {x.shape[0]} is not divisible into grad_accumulation_steps={num_micro_batches} micro-batches")
-        return x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])
+        return x.reshape(x.shape[0] // num_micro_batches, num_micro_batches, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree_util.tree_map(split, batch)
 
@@ -56,6 +61,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
         def accumulate(carry, inputs):
             index, micro_batch = inputs
+            micro_batch = jax.tree_util.tree_map(constrain_batch, micro_batch)
             (loss, metrics), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
             carry = jax.tree_util.tree_map(jnp.add, carry, ((loss, metrics), grads))
             return carry, None

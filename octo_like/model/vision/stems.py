@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from octo_like.model.precision import parameter_dtype
 from octo_like.utils.errors import InputError
 
 
@@ -79,7 +80,7 @@ class SmallStem(nn.Module):
                 f"SmallStem patch_size={self.patch_size} is not a multiple of {conv_stride} "
                 f"(the stride of its {len(self.features)} stride-2 convs)"
             )
-        x = scale_images(images_NHWC)
+        x = scale_images(images_NHWC).astype(parameter_dtype(self))
         for width in self.features:
             x = nn.Conv(width, (3, 3), strides=(2, 2), padding=1)(x)
             x = nn.relu(group_norm(width)(x))
@@ -127,7 +128,7 @@ class ResNetStem(nn.Module):
     def __call__(self, images_NHWC: jax.Array, cond_NC: jax.Array | None = None, *, train: bool) -> jax.Array:
         del train  # no dropout or batch statistics; taken so every stem is called the same way
         check_condition(self, cond_NC)
-        x = nn.Conv(self.width, (3, 3), strides=(2, 2), padding=1)(scale_images(images_NHWC))
+        x = nn.Conv(self.width, (3, 3), strides=(2, 2), padding=1)(scale_images(images_NHWC).astype(parameter_dtype(self)))
         x = nn.relu(group_norm(self.width)(x))
         for features in self.stage_features:
             for block in range(self.blocks_per_stage):
