@@ -13,7 +13,9 @@ pipeline, shuffle and batch included), each with all parallelism on and with one
 and their ratio side by side.
 
 `train`: the model of a config's `model` section on one real batch of its dataset: parameter
-count, train steps/s and examples/s (jitted step, data loading excluded), peak host memory.
+count, and for each `--compute_dtypes` entry (default float32 and bfloat16, with their ratio) train
+steps/s, examples/s (jitted step, data loading excluded), FLOPs per step (XLA's count) and MFU
+against the chip's dense bf16 peak where it is known (GPUs, TPUs; null on CPUs); peak host memory.
 
 `infer`: `PolicyModel.sample_actions` latency (p50/p95 over calls, batch 1, jitted) for each
 `--heads` entry (`diffusion:ddim:5` = DDIM with 5 steps, `flow:10` = 10 Euler steps), on a model
@@ -53,6 +55,7 @@ _INFER_HEADS = flags.DEFINE_string(
     "infer: head[:sampler][:steps] entries (samplers of diffusion: ddpm, ddim).",
 )
 _FSDP_SIZES = flags.DEFINE_list("fsdp_sizes", ["1", "2", "4", "8"], "scale: fsdp axis sizes to compare.")
+_COMPUTE_DTYPES = flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"], "train: compute dtypes to compare.")
 BENCHMARKS = ("data", "env", "train", "infer", "scale")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
@@ -176,43 +179,72 @@ def _model(config: dict, example_batch: dict):
     return PolicyModel.create(config, example_batch, statistics, jax.random.key(0))
 
 
-def bench_train(config: dict, seconds: float) -> dict:
+# Dense bf16 peak FLOP/s per chip by `device_kind` substring, the usual denominator of MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5p": 459e12,
+                   "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v4": 275e12, "TPU v6": 918e12}
+
+
+def peak_flops(device) -> float | None:
+    return next((flops for kind, flops in PEAK_BF16_FLOPS.items() if kind in device.device_kind), None)
+
+
+def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict:
     import resource
 
     import jax
 
     from octo_like.train.optim import make_optimizer
     from octo_like.train.state import TrainState
-    from octo_like.train.step import make_train_step
+    from octo_like.train.step import COMPUTE_DTYPES, make_train_step
 
     batch = _example_batch(config)
     model = _model(config, batch)
     optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
-    train_step = make_train_step(model.loss, optimizer)
-    state = TrainState.create(model.params, optimizer, jax.random.key(1))
+    host_params = jax.device_get(model.params)  # each dtype's state gets its own buffers: the step donates them
     device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
+    device = jax.devices()[0]
+    batch_size = batch["action"].shape[0]
+    by_dtype = {}
+    for name in compute_dtypes:
+        if name not in COMPUTE_DTYPES:
+            raise InputError(f"--compute_dtypes entry '{name}'; expected one of {', '.join(COMPUTE_DTYPES)}")
+        train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[name])
+        state = TrainState.create(host_params, optimizer, jax.random.key(1))
+        # FLOPs of one step as XLA counts them after optimization (forward, backward and update).
+        cost = train_step.lower(state, device_batch).compile().cost_analysis()
+        flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops")
 
-    def step():
-        nonlocal state
-        state, metrics = train_step(state, device_batch)
-        jax.block_until_ready(metrics["loss"])
+        def step():
+            nonlocal state
+            state, metrics = train_step(state, device_batch)
+            jax.block_until_ready((state, metrics))
 
-    steps_per_s = calls_per_second(step, seconds, warmup=2)
+        steps_per_s = calls_per_second(step, seconds, warmup=2)
+        peak = peak_flops(device)
+        by_dtype[name] = {
+            "steps_per_s": steps_per_s,
+            "examples_per_s": steps_per_s * batch_size,
+            "flops_per_step": flops,
+            "mfu": flops * steps_per_s / peak if flops and peak else None,
+        }
     leaves = jax.tree_util.tree_leaves(model.params)
     trained = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(model.params) if "language_encoder" not in str(path))
-    batch_size = batch["action"].shape[0]
-    return {
+    result = {
         "benchmark": "train",
         "heads": sorted(config["model"]["heads"]),
         "transformer": config["model"]["transformer"],
         "batch_size": batch_size,
-        "device": str(jax.devices()[0]),
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "peak_bf16_flops": peak_flops(device),
         "params": sum(x.size for x in leaves),
         "params_without_language_encoder": trained,
-        "steps_per_s": steps_per_s,
-        "examples_per_s": steps_per_s * batch_size,
+        "compute_dtypes": by_dtype,
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if {"float32", "bfloat16"} <= set(by_dtype):
+        result["bfloat16_over_float32_steps_per_s"] = by_dtype["bfloat16"]["steps_per_s"] / by_dtype["float32"]["steps_per_s"]
+    return result
 
 
 def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
@@ -300,7 +332,7 @@ def main(argv):
     if argv[1] == "data":
         result = bench_data(_CONFIG.value, _SECONDS.value)
     elif argv[1] == "train":
-        result = bench_train(_CONFIG.value.to_dict(), _SECONDS.value)
+        result = bench_train(_CONFIG.value.to_dict(), _SECONDS.value, _COMPUTE_DTYPES.value)
     elif argv[1] == "scale":
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":

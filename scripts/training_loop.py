@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec
@@ -27,7 +26,7 @@ from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, sh
 from octo_like.train.metrics import MetricsWriter, plot_losses
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
-from octo_like.train.step import make_eval_step, make_train_step
+from octo_like.train.step import COMPUTE_DTYPES, make_eval_step, make_train_step
 from octo_like.utils.errors import InputError
 
 
@@ -77,7 +76,6 @@ def local_dataset_config(dataset_config: dict) -> dict:
             "batch_size": distributed.local_batch_size(dataset_config["batch_size"])}
 
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None = None) -> PolicyModel:
@@ -87,6 +85,9 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     reads its own shard of the data and feeds its own devices, all take part in the orbax saves,
     and process 0 alone writes the metrics and prints.
     """
+    compute_dtype = config.get("compute_dtype", "float32")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     distributed.initialize(**config.get("distributed", {}))
     primary = distributed.is_primary()
     run_dir = config["run_dir"]
@@ -123,17 +124,13 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
         state = checkpoint_lib.restore_state(manager, state)
         if primary:
             print(f"resumed from step {int(state.step)}")
-    compute_dtype = config.get("compute_dtype", "float32")
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[compute_dtype],
                                  grad_accumulation_steps=config.get("grad_accumulation_steps", 1),
                                  state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
                                  batch_sharding=batch_sharding(mesh))
     eval_step = make_eval_step(model.loss, model.action_mse)
-    writer = MetricsWriter(run_dir, active=primary)
-
     start_step = int(state.step)
+    writer = MetricsWriter(run_dir, active=primary, resumed_step=start_step)
     # Exact resume: the pipeline is deterministic for its seed, so replaying it to the resumed
     # step gives the batches the uninterrupted run saw (step k trains on element k of the stream,
     # element 0 being the example batch). Costs the data work of the skipped steps, not training.

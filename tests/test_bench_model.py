@@ -20,7 +20,12 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
               "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20"]
     train = bench("train", *common)
     assert train["batch_size"] == 8 and train["params"] > train["params_without_language_encoder"] > 0
-    assert train["steps_per_s"] > 0 and train["examples_per_s"] == train["steps_per_s"] * 8 and train["peak_host_memory_mb"] > 0
+    assert set(train["compute_dtypes"]) == {"float32", "bfloat16"} and train["peak_host_memory_mb"] > 0
+    for figures in train["compute_dtypes"].values():
+        assert figures["steps_per_s"] > 0 and figures["examples_per_s"] == figures["steps_per_s"] * 8
+        assert figures["flops_per_step"] > 0 and figures["mfu"] is None  # no known peak for a CPU
+    assert train["bfloat16_over_float32_steps_per_s"] == (
+        train["compute_dtypes"]["bfloat16"]["steps_per_s"] / train["compute_dtypes"]["float32"]["steps_per_s"])
 
     infer = bench("infer", *common, "--heads=l1,flow:2")
     assert [r["head"] for r in infer["results"]] == ["l1", "flow:2"]

@@ -142,3 +142,15 @@ def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synt
     # The release of a 2-process run loads in one process (here: a test process of 8 devices).
     model = PolicyModel.load_pretrained(str(run_dir))
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(model.params))
+
+
+def test_one_process_preemption_notice_catches_sigterm_and_restores_the_handler():
+    previous = signal.getsignal(signal.SIGTERM)
+    with distributed.PreemptionNotice() as notice:
+        assert not notice.reached(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the default handler would end the test process
+        deadline = time.time() + 10
+        while not notice.reached(2):
+            assert time.time() < deadline
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is previous

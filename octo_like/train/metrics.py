@@ -6,17 +6,26 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from octo_like.utils.files import write_atomically, write_text_atomically
+
 
 class MetricsWriter:
     """Appends to metrics.jsonl and tensorboard; with `active=False` (every process but the first
-    of a multi-process run) it writes nothing."""
+    of a multi-process run) it writes nothing.
 
-    def __init__(self, run_dir: str, tensorboard: bool = True, active: bool = True):
+    `resumed_step`: a run resumed from that checkpoint first drops the records logged after it
+    (by the interrupted run, which the resumed one repeats), so each step has one record.
+    """
+
+    def __init__(self, run_dir: str, tensorboard: bool = True, active: bool = True, resumed_step: int | None = None):
         self.active = active
         if not active:
             return
         os.makedirs(run_dir, exist_ok=True)
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        if resumed_step is not None and os.path.isfile(self.path):
+            kept = [record for record in read_metrics(run_dir) if record["step"] <= resumed_step]
+            write_text_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
         self._file = open(self.path, "a")
         self._summary = None
         if tensorboard:
@@ -51,8 +60,6 @@ def read_metrics(run_dir: str) -> list[dict]:
 def plot_losses(run_dir: str) -> str:
     """loss.png in the run directory: train and val loss against the step (log scale)."""
     from matplotlib.figure import Figure
-
-    from octo_like.utils.files import write_atomically
 
     records = read_metrics(run_dir)
     figure = Figure(figsize=(6, 3.5))

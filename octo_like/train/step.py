@@ -18,6 +18,7 @@ from octo_like.train.state import TrainState
 from octo_like.utils.errors import InputError
 from octo_like.utils.sharding import constrain_batch
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the config's `compute_dtype` names
 LossFn = Callable[[dict, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
 
