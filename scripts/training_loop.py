@@ -93,6 +93,7 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     run_dir = config["run_dir"]
     mesh = make_mesh(**config.get("mesh", {}))
     check_batch_size(config["dataset"]["batch_size"], mesh)
+    check_same_model(run_dir, config)  # before any data or model work: a wrong run directory fails at once
 
     process_dataset_config = local_dataset_config(config["dataset"])
     train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **process_dataset_config)
@@ -120,7 +121,6 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     manager = release.checkpoint_manager(run_dir, max_to_keep=config.get("max_checkpoints_to_keep"),
                                          keep_period=config.get("keep_checkpoint_every"))
     if manager.latest_step() is not None:
-        check_same_model(run_dir, model.config)
         state = checkpoint_lib.restore_state(manager, state)
         if primary:
             print(f"resumed from step {int(state.step)}")

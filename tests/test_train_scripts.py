@@ -26,21 +26,29 @@ def small_run(data_dir, run_dir, *extra):
             "--config.save_interval=4", "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20", *extra]
 
 
+def pretraining(data_dir, run_dir):
+    return [f"--config={CONFIG}", *small_run(data_dir, run_dir, "--config.num_steps=40", "--config.save_interval=10",
+                                             "--config.eval_interval=20")]
+
+
 @pytest.fixture(scope="module")
 def pretrained(synthetic_data_dir, tmp_path_factory):
+    """40 steps in one go: the release that finetuning starts from, and the reference that an
+    interrupted and resumed run of the same command must equal."""
     run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
-    result = run_script("train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, run_dir))
+    result = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
 
 def test_train_writes_the_release_format_and_metrics(pretrained):
     names = {path.name for path in pretrained.iterdir()}
-    assert {"config.json", "dataset_statistics.json", "example_batch.msgpack", "metrics.jsonl", "loss.png", "4", "tensorboard"} <= names
+    assert {"config.json", "dataset_statistics.json", "example_batch.msgpack", "metrics.jsonl", "loss.png", "tensorboard"} <= names
+    assert sorted(int(name) for name in names if name.isdigit()) == [10, 20, 30, 40]
     records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train/loss" in r]
-    assert [r["step"] for r in train] == [2, 4] and all(np.isfinite(r["train/loss"]) for r in train)
-    assert any("val/loss" in r for r in records)
+    assert [r["step"] for r in train] == list(range(2, 41, 2)) and all(np.isfinite(r["train/loss"]) for r in train)
+    assert [r["step"] for r in records if "val/loss" in r] == [20, 40]
     statistics = json.loads((pretrained / "dataset_statistics.json").read_text())
     assert statistics["synthetic_rlds/default"]["action"]["normalization_type"] == "normal"
     assert len(statistics["synthetic_rlds/default"]["action"]["mask"]) == 7
@@ -75,20 +83,16 @@ def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synth
     assert lines[-1] == "error: model.heads.action.kwargs.action_dim=5 disagrees with the dataset's 7-d actions", result.stderr[-2000:]
 
 
-def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthetic_data_dir, tmp_path):
+def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthetic_data_dir, tmp_path, pretrained):
     """Killed with SIGKILL, a run has no chance to save on the way out: it resumes from its last
-    periodic checkpoint (saved asynchronously every 10 steps) and must end bit for bit where a run
-    of 40 steps in one go ends: restored parameters, optimizer state, step and rng, and the data
-    stream replayed to the resumed step. (A SIGTERM saves the step it is on and resumes through
-    the same path; tests/test_distributed.py stops a run that way.)"""
+    periodic checkpoint (saved asynchronously every 10 steps) and must end bit for bit where the
+    same command run in one go (`pretrained`) ends: restored parameters, optimizer state, step and
+    rng, and the data stream replayed to the resumed step. (A SIGTERM saves the step it is on and
+    resumes through the same path; tests/test_distributed.py stops a run that way.)"""
     from octo_like.model.policy import PolicyModel
 
-    def command(run_dir):
-        return [f"--config={CONFIG}", *small_run(synthetic_data_dir, run_dir, "--config.num_steps=40", "--config.save_interval=10",
-                                                 "--config.eval_interval=1000")]
-
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "scripts/train.py", *command(run_dir)], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "scripts/train.py", *pretraining(synthetic_data_dir, run_dir)], cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (run_dir / "10").is_dir():
@@ -100,7 +104,7 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     saved_steps = sorted(int(path.name) for path in run_dir.iterdir() if path.name.isdigit())
     assert saved_steps and saved_steps[-1] < 40, saved_steps
 
-    resumed = run_script("train.py", *command(run_dir))
+    resumed = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {saved_steps[-1]}" in resumed.stdout
     # What the killed run logged after its checkpoint was dropped and logged again: one train
@@ -108,10 +112,7 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records if "train/loss" in record] == list(range(2, 41, 2))
 
-    reference_dir = tmp_path / "uninterrupted"
-    uninterrupted = run_script("train.py", *command(reference_dir))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    ours, reference = PolicyModel.load_pretrained(str(run_dir)), PolicyModel.load_pretrained(str(reference_dir))
+    ours, reference = PolicyModel.load_pretrained(str(run_dir)), PolicyModel.load_pretrained(str(pretrained))
     for (path, value), (_, expected) in zip(jax.tree_util.tree_leaves_with_path(ours.params),
                                             jax.tree_util.tree_leaves_with_path(reference.params), strict=True):
         np.testing.assert_array_equal(value, expected, err_msg=jax.tree_util.keystr(path))
