@@ -76,8 +76,6 @@ def local_dataset_config(dataset_config: dict) -> dict:
             "batch_size": distributed.local_batch_size(dataset_config["batch_size"])}
 
 
-
-
 def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None = None) -> PolicyModel:
     """Trains `config` (a plain dict); `init_params(model)` may replace the fresh parameters (finetuning).
 
