@@ -55,7 +55,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over the (data, fsdp) devices (and so over the processes)."""
+    """The global batch must split evenly over the (data, fsdp) devices (`distributed.local_batch_size`
+    checks the processes)."""
     shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
     if batch_size % shards:
         raise InputError(
