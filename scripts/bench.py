@@ -197,17 +197,19 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     from octo_like.train.state import TrainState
     from octo_like.train.step import COMPUTE_DTYPES, make_train_step
 
+    for name in compute_dtypes:  # before any data or model work
+        if name not in COMPUTE_DTYPES:
+            raise InputError(f"--compute_dtypes entry '{name}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     batch = _example_batch(config)
     model = _model(config, batch)
     optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
     host_params = jax.device_get(model.params)  # each dtype's state gets its own buffers: the step donates them
     device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
     device = jax.devices()[0]
+    peak = peak_flops(device)
     batch_size = batch["action"].shape[0]
     by_dtype = {}
     for name in compute_dtypes:
-        if name not in COMPUTE_DTYPES:
-            raise InputError(f"--compute_dtypes entry '{name}'; expected one of {', '.join(COMPUTE_DTYPES)}")
         train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[name])
         state = TrainState.create(host_params, optimizer, jax.random.key(1))
         # FLOPs of one step as XLA counts them after optimization (forward, backward and update).
@@ -220,7 +222,6 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
             jax.block_until_ready((state, metrics))
 
         steps_per_s = calls_per_second(step, seconds, warmup=2)
-        peak = peak_flops(device)
         by_dtype[name] = {
             "steps_per_s": steps_per_s,
             "examples_per_s": steps_per_s * batch_size,
@@ -236,7 +237,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
         "batch_size": batch_size,
         "device": str(device),
         "device_kind": device.device_kind,
-        "peak_bf16_flops": peak_flops(device),
+        "peak_bf16_flops": peak,
         "params": sum(x.size for x in leaves),
         "params_without_language_encoder": trained,
         "compute_dtypes": by_dtype,

@@ -62,3 +62,6 @@ def test_unknown_variant_and_benchmark_fail_in_one_line():
     result = run_script("scripts/bench.py", "speed", f"--config={CONFIG}")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "one of: data" in result.stderr
+    result = run_script("scripts/bench.py", "train", f"--config={CONFIG}", "--compute_dtypes=float32,float16")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --compute_dtypes entry 'float16'; expected one of float32, bfloat16"]
