@@ -19,7 +19,7 @@ from absl import logging
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
-from octo_like.model.policy import PolicyModel, with_normalization_settings
+from octo_like.model.policy import PolicyModel, resolve_model_config, with_normalization_settings
 from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, shard_batch, shard_params
@@ -59,7 +59,7 @@ def check_same_model(run_dir: str, config: dict) -> None:
         return
     with open(path) as file:
         saved = json.load(file)["model"]
-    current = json.loads(json.dumps(config["model"], default=list))
+    current = json.loads(json.dumps(resolve_model_config(config["model"]), default=list))
     if saved != current:
         differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
         raise InputError(

@@ -10,15 +10,23 @@
 
     observation_tokenizers: {name: spec}   e.g. spec.create(ImageTokenizer, camera="primary")
     task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
-    language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None} or None
+    language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None,
+                             "encoder": "minilm" | "clip"} or None
+    clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
     heads:                  {name: spec}   e.g. spec.create(DiffusionActionHead, action_horizon=4, action_dim=4)
 
-Language goes through the frozen all-MiniLM-L6-v2 encoder (`language_encoder` in the parameters:
-loaded from safetensors at creation, never updated: its output is cut from the gradient and the
-optimizer freezes it). The run directory (release format) holds config.json,
-dataset_statistics.json, example_batch.msgpack and orbax steps with the parameters.
+Language goes through a frozen encoder: all-MiniLM-L6-v2 (`language_encoder` in the parameters,
+loaded from safetensors at creation) or, with `encoder="clip"`, the text tower of the policy's
+frozen CLIP (`clip`), whose per-token joint embeddings the text-aware image tokenizers also read.
+Frozen means never updated: outputs are cut from the gradient and the configs' optimizer freezes
+`language_encoder/*` and `clip/*`. The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
+directory: architecture and weights), else it is a randomly initialized `clip.size`
+(CLIP_SIZES); `create` writes the architecture into `clip.config`, so a release rebuilds it without
+the checkpoint. The run directory (release format) holds config.json, dataset_statistics.json,
+example_batch.msgpack, orbax steps with the parameters and, when the instructions are not tokenized
+by the installed MiniLM tokenizer, that tokenizer.json.
 """
 
 import dataclasses
@@ -35,11 +43,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from octo_like.hf.clip import clip_config_from_hf, load_clip_params
 from octo_like.model import release
 from octo_like.model.language.minilm import BertConfig, BertEncoder, load_bert_params
 from octo_like.model.tokenizers import language_mask
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
+from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
@@ -47,7 +57,9 @@ from octo_like.utils.files import write_atomically, write_text_atomically
 from octo_like.utils.text import FixedLengthTokenizer
 
 LANGUAGE_ENCODER = "language_encoder"
-FROZEN_LANGUAGE_KEYS = (f"{LANGUAGE_ENCODER}/*",)
+CLIP = "clip"
+LANGUAGE_ENCODERS = ("minilm", "clip")
+RELEASE_TOKENIZER = "tokenizer.json"
 
 
 def _plain(tree: Any) -> Any:
@@ -64,6 +76,8 @@ class PolicyNetwork(nn.Module):
     heads: Mapping[str, Mapping]
     language: BertConfig | None
     window_size: int
+    clip_config: CLIPConfig | None = None
+    language_from_clip: bool = False
 
     def setup(self):
         self.observation_tokenizer_modules = {name: spec_lib.instantiate(s) for name, s in self.observation_tokenizers.items()}
@@ -71,6 +85,8 @@ class PolicyNetwork(nn.Module):
         self.head_modules = {name: spec_lib.instantiate(s) for name, s in self.heads.items()}
         if self.language is not None:
             setattr(self, LANGUAGE_ENCODER, BertEncoder(self.language))
+        if self.clip_config is not None:
+            setattr(self, CLIP, CLIPModel(self.clip_config))
         transformer = dict(self.transformer)
         size = transformer.pop("size", "tiny")
         if size not in TRANSFORMER_SIZES:
@@ -82,20 +98,27 @@ class PolicyNetwork(nn.Module):
     def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
         """The transformer's readout tokens by group name ("readout_<name>")."""
         task_groups, language_embedding_BC = {}, None
-        if self.language is not None:
+        if self.language is not None or self.language_from_clip:
             ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
             mask_BL = language_mask(task)
+            if self.language_from_clip:
+                hidden_BLC = getattr(self, CLIP).encode_text(ids_BL, mask_BL.astype(jnp.int32))["token_embeds"]
+            else:
+                hidden_BLC = getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32))
             # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
-            hidden_BLC = jax.lax.stop_gradient(getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32)))
-            task_groups["language"] = TokenGroup(hidden_BLC, mask_BL)
+            task_groups["language"] = TokenGroup(jax.lax.stop_gradient(hidden_BLC), mask_BL)
             weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
-            language_embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+            language_embedding_BC = (task_groups["language"].tokens * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+
+        def tokenize(tokenizer: nn.Module) -> TokenGroup:
+            extra = {}
+            if getattr(tokenizer, "reads_clip", False):
+                extra = {"language": task_groups.get("language"), "clip": getattr(self, CLIP, None)}
+            return tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC, **extra)
+
         for name, tokenizer in self.task_tokenizer_modules.items():
-            task_groups[name] = tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC)
-        obs_groups = {
-            name: tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC)
-            for name, tokenizer in self.observation_tokenizer_modules.items()
-        }
+            task_groups[name] = tokenize(tokenizer)
+        obs_groups = {name: tokenize(tokenizer) for name, tokenizer in self.observation_tokenizer_modules.items()}
         readouts = {f"readout_{name}": size for name, size in self.readouts.items()}
         _, _, readout_out = self.block_transformer(task_groups, obs_groups, readouts, train=train)
         return readout_out
@@ -134,11 +157,34 @@ class PolicyNetwork(nn.Module):
         return module.predict_action(readouts[module.readout_key], rng=rng, train=False, **sampling)
 
 
-def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork:
+def resolve_model_config(model_config: Mapping) -> dict:
+    """`model_config` with the CLIP architecture written into `clip.config` (from the checkpoint's
+    config.json, else the `size` preset), as the release stores it."""
     model_config = _plain(model_config)
+    clip = model_config.get("clip")
+    if clip is None or clip.get("config") is not None:
+        return model_config
+    if clip.get("checkpoint"):
+        clip_config = clip_config_from_hf(clip["checkpoint"])
+    else:
+        size = clip.get("size", "tiny")
+        if size not in CLIP_SIZES:
+            raise InputError(f"model.clip.size='{size}'; expected one of {', '.join(CLIP_SIZES)} (or model.clip.checkpoint)")
+        clip_config = CLIP_SIZES[size]
+    return {**model_config, "clip": {**clip, "config": clip_config.to_dict()}}
+
+
+def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork:
+    model_config = resolve_model_config(model_config)
     language = model_config.get("language")
+    encoder = (language or {}).get("encoder", "minilm")
+    if encoder not in LANGUAGE_ENCODERS:
+        raise InputError(f"model.language.encoder='{encoder}'; expected one of {', '.join(LANGUAGE_ENCODERS)}")
+    clip = model_config.get("clip")
+    if encoder == "clip" and clip is None:
+        raise InputError("model.language.encoder='clip' needs a model.clip section")
     bert_config = None
-    if language is not None:
+    if language is not None and encoder == "minilm":
         checkpoint = language.get("checkpoint") or installed_minilm_dir()
         bert_config = BertConfig.from_json(os.path.join(checkpoint, "config.json"))
     return PolicyNetwork(
@@ -149,6 +195,8 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork:
         heads=model_config["heads"],
         language=bert_config,
         window_size=window_size,
+        clip_config=None if clip is None else CLIPConfig.from_dict(clip["config"], "model.clip.config"),
+        language_from_clip=language is not None and encoder == "clip",
     )
 
 
@@ -194,6 +242,7 @@ class PolicyModel:
     @classmethod
     def create(cls, config: Mapping, example_batch: Mapping, dataset_statistics: Mapping, rng: jax.Array) -> "PolicyModel":
         config = _plain(config)
+        config = {**config, "model": resolve_model_config(config["model"])}
         example_batch = jax.tree_util.tree_map(np.asarray, dict(example_batch))
         example_batch = {key: example_batch[key] for key in ("observation", "task", "action", "action_pad_mask")}
         # The example batch of the release holds one sample: enough for shapes, small on disk.
@@ -209,6 +258,11 @@ class PolicyModel:
         if LANGUAGE_ENCODER in params:
             checkpoint = config["model"]["language"].get("checkpoint") or installed_minilm_dir()
             params[LANGUAGE_ENCODER] = jax.tree_util.tree_map(jnp.asarray, load_bert_params(checkpoint)[1])
+        clip_checkpoint = (config["model"].get("clip") or {}).get("checkpoint")
+        if CLIP in params and clip_checkpoint:
+            pretrained = load_clip_params(clip_checkpoint, module.clip_config)
+            # Only the parts the policy uses exist (e.g. no logit_scale, no vision tower without image tokenizers).
+            params[CLIP] = {name: pretrained[name] for name in params[CLIP]}
         return cls(module, params, config, example_batch, jax.tree_util.tree_map(np.asarray, dict(dataset_statistics)))
 
     def loss(self, params: dict, batch: Mapping, rng: jax.Array, train: bool):
@@ -296,6 +350,11 @@ class PolicyModel:
         example_bytes = flax.serialization.msgpack_serialize(self.example_batch)
         path = os.path.join(run_dir, "example_batch.msgpack")
         write_atomically(path, lambda temp_path: pathlib.Path(temp_path).write_bytes(example_bytes))
+        if self.text_tokenizer is not None and self.config["model"]["language"].get("tokenizer_json"):
+            # A tokenizer other than the installed MiniLM's travels with the release.
+            tokenizer_bytes = pathlib.Path(self.text_tokenizer.tokenizer_json).read_bytes()
+            path = os.path.join(run_dir, RELEASE_TOKENIZER)
+            write_atomically(path, lambda temp_path: pathlib.Path(temp_path).write_bytes(tokenizer_bytes))
 
     @classmethod
     def load_pretrained(cls, run_dir: str, step: int | None = None) -> "PolicyModel":
@@ -308,6 +367,9 @@ class PolicyModel:
             statistics = jax.tree_util.tree_map(np.asarray, json.load(file), is_leaf=lambda x: isinstance(x, list))
         with open(os.path.join(run_dir, "example_batch.msgpack"), "rb") as file:
             example_batch = flax.serialization.msgpack_restore(file.read())
+        if os.path.isfile(os.path.join(run_dir, RELEASE_TOKENIZER)):
+            language = {**config["model"]["language"], "tokenizer_json": os.path.join(run_dir, RELEASE_TOKENIZER)}
+            config["model"] = {**config["model"], "language": language}
         module = make_network(config["model"], example_batch["observation"]["timestep_pad_mask"].shape[1])
         observation, task = _model_inputs(example_batch)
         params_like = jax.eval_shape(

@@ -11,7 +11,8 @@ from octo_like.utils.errors import InputError
 
 
 class FixedLengthTokenizer:
-    """Fixed-length tokenizer from a `tokenizer.json` (default: the installed all-MiniLM-L6-v2).
+    """Fixed-length tokenizer from a `tokenizer.json`, or a checkpoint directory holding one
+    (default: the installed all-MiniLM-L6-v2).
 
     Used by the data pipeline (through `octo_like.data.language.TextTokenizer`) and by the policy
     model's `create_tasks`, so an instruction gets the same ids in training and at inference.
@@ -19,7 +20,9 @@ class FixedLengthTokenizer:
 
     def __init__(self, tokenizer_json: str | None = None, max_length: int = 16):
         if tokenizer_json is None:
-            tokenizer_json = os.path.join(installed_minilm_dir(), "tokenizer.json")
+            tokenizer_json = installed_minilm_dir()
+        if os.path.isdir(tokenizer_json):
+            tokenizer_json = os.path.join(tokenizer_json, "tokenizer.json")
         if not os.path.isfile(tokenizer_json):
             raise InputError(f"tokenizer_json '{tokenizer_json}' does not exist; expected a tokenizer.json file")
         self.tokenizer_json = tokenizer_json

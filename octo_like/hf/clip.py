@@ -1,0 +1,200 @@
+"""CLIP from a directory written by transformers' `CLIPModel.save_pretrained` (+ its tokenizer.json).
+
+    clip = load_clip("/path/to/clip-vit-base-patch16")
+    image = clip.encode_image(pixels_BHWC)      # {"image_embeds", "last_hidden_state", "patch_embeds"}
+    tokens = clip.tokenize(["open the drawer"])  # {"input_ids", "attention_mask"}, padded to 77
+    text = clip.encode_text(tokens["input_ids"], tokens["attention_mask"])  # {"text_embeds", "last_hidden_state", ...}
+
+Pixels are already normalized as the checkpoint's preprocessor does it (`clip.config.vision.image_mean`
+and `image_std`, read from preprocessor_config.json when the directory has one). config.json is read
+the way transformers reads it: `save_pretrained` leaves out values equal to the class defaults, so
+those defaults fill what is missing. Torch Linear weights [out, in] become Flax kernels [in, out];
+the patch convolution [C, 3, p, p] becomes [p, p, 3, C].
+"""
+
+import json
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors import safe_open
+
+from octo_like.model.vision.clip import (
+    OPENAI_IMAGE_MEAN,
+    OPENAI_IMAGE_STD,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+)
+from octo_like.utils.errors import InputError
+from octo_like.utils.text import FixedLengthTokenizer
+
+# transformers' CLIPTextConfig / CLIPVisionConfig defaults (what save_pretrained omits).
+_TEXT_DEFAULTS = dict(
+    vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407,
+)
+_VISION_DEFAULTS = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
+    image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+)
+_TOWER_FIELDS = dict(hidden_size="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads",
+                     intermediate_size="intermediate_size", hidden_act="hidden_act", layer_norm_eps="layer_norm_eps")
+# Tensors a CLIPModel checkpoint may hold that the towers do not read (position-id buffers).
+_UNUSED_SUFFIXES = ("embeddings.position_ids",)
+_MAX_NAMES_LISTED = 8
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{what} '{path}' is not valid JSON: {error}") from None
+
+
+def _square(value, key: str, path: str) -> int:
+    """transformers accepts an int or an (h, w) pair for image_size / patch_size; the towers are square."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or value[0] != value[1]:
+            raise InputError(f"CLIP config '{path}': vision_config.{key} is {value}; expected one size (square)")
+        value = value[0]
+    return int(value)
+
+
+def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
+    """config.json (+ preprocessor_config.json when present) of a CLIPModel directory -> CLIPConfig."""
+    path = _required_file(checkpoint_dir, "config.json")
+    raw = _read_json(path, "CLIP config")
+    if raw.get("model_type", "clip") != "clip":
+        raise InputError(f"CLIP config '{path}': model_type is '{raw['model_type']}', expected 'clip'")
+    text = {**_TEXT_DEFAULTS, **(raw.get("text_config") or raw.get("text_config_dict") or {})}
+    vision = {**_VISION_DEFAULTS, **(raw.get("vision_config") or raw.get("vision_config_dict") or {})}
+    eos = text["eos_token_id"]
+    if isinstance(eos, list):  # transformers allows several; the first is the one the tokenizer appends
+        eos = eos[0]
+    mean, std = OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
+    preprocessor_path = os.path.join(checkpoint_dir, "preprocessor_config.json")
+    if os.path.isfile(preprocessor_path):
+        preprocessor = _read_json(preprocessor_path, "CLIP preprocessor config")
+        mean, std = tuple(preprocessor.get("image_mean", mean)), tuple(preprocessor.get("image_std", std))
+    return CLIPConfig(
+        vision=CLIPVisionConfig(
+            **{field: vision[key] for field, key in _TOWER_FIELDS.items()},
+            image_size=_square(vision["image_size"], "image_size", path),
+            patch_size=_square(vision["patch_size"], "patch_size", path),
+            num_channels=vision["num_channels"], image_mean=mean, image_std=std,
+        ),
+        text=CLIPTextConfig(
+            **{field: text[key] for field, key in _TOWER_FIELDS.items()},
+            vocab_size=text["vocab_size"], max_position_embeddings=text["max_position_embeddings"],
+            bos_token_id=text["bos_token_id"], eos_token_id=eos,
+        ),
+        projection_dim=raw.get("projection_dim", 512),
+    )
+
+
+def _torch_name(flax_path: tuple[str, ...]) -> str:
+    """('vision_model', 'encoder', 'layers_3', 'self_attn', 'q_proj', 'kernel') ->
+    'vision_model.encoder.layers.3.self_attn.q_proj.weight'."""
+    *modules, leaf = flax_path
+    names = [f"layers.{name.removeprefix('layers_')}" if name.startswith("layers_") else name for name in modules]
+    if leaf in ("kernel", "scale", "embedding"):
+        leaf = "weight"
+    return ".".join([*names, leaf])
+
+
+def _to_flax(tensor: np.ndarray, flax_path: tuple[str, ...]) -> np.ndarray:
+    if flax_path[-1] != "kernel":
+        return tensor
+    if tensor.ndim == 4:  # Conv2d [out, in, h, w] -> [h, w, in, out]
+        return tensor.transpose(2, 3, 1, 0)
+    return tensor.T
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_LISTED])
+    return shown + (f", ... (+{len(names) - _MAX_NAMES_LISTED} more)" if len(names) > _MAX_NAMES_LISTED else "")
+
+
+def _required_file(directory: str, name: str) -> str:
+    if not os.path.isdir(directory):
+        raise InputError(f"CLIP checkpoint directory '{directory}' does not exist")
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise InputError(f"CLIP checkpoint file '{path}' does not exist; expected {name} in the checkpoint directory")
+    return path
+
+
+def clip_param_shapes(config: CLIPConfig) -> dict:
+    vision = config.vision
+    pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(CLIPModel(config).init, jax.random.key(0), pixels, ids, ids)["params"]
+
+
+def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32) -> dict:
+    """model.safetensors of a CLIPModel directory -> the Flax params of `CLIPModel(config)`."""
+    weights_path = _required_file(checkpoint_dir, "model.safetensors")
+    expected = {_torch_name(path): (path, shape) for path, shape in flatten_dict(clip_param_shapes(config)).items()}
+    with safe_open(weights_path, framework="numpy") as file:
+        # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
+        stored = {name.removeprefix("clip."): name for name in file.keys()}
+        missing = sorted(expected.keys() - stored.keys())
+        unexpected = sorted(name for name in stored.keys() - expected.keys() if not name.endswith(_UNUSED_SUFFIXES))
+        if missing or unexpected:
+            raise InputError(
+                f"CLIP checkpoint '{weights_path}' does not match its config.json: "
+                f"missing tensors [{_listed(missing)}]; unexpected tensors [{_listed(unexpected)}]"
+            )
+        flat_params = {}
+        for name, (path, param) in expected.items():
+            tensor = _to_flax(file.get_tensor(stored[name]), path)
+            if tensor.shape != param.shape:
+                raise InputError(
+                    f"CLIP checkpoint '{weights_path}': tensor {name} has shape {tensor.shape} in Flax layout, "
+                    f"expected {param.shape} from config.json"
+                )
+            flat_params[path] = jnp.asarray(tensor, dtype)
+    return unflatten_dict(flat_params)
+
+
+class LoadedCLIP:
+    """A CLIP checkpoint: config, params, jitted encoders and the checkpoint's tokenizer."""
+
+    def __init__(self, config: CLIPConfig, params: dict, tokenizer_json: str | None):
+        self.config = config
+        self.params = params
+        self.module = CLIPModel(config)
+        self.tokenizer_json = tokenizer_json
+        self._encode_image = jax.jit(lambda params, pixels: self.module.apply(
+            {"params": params}, pixels, method=CLIPModel.encode_image))
+        self._encode_text = jax.jit(lambda params, ids, mask: self.module.apply(
+            {"params": params}, ids, mask, method=CLIPModel.encode_text))
+        self._tokenizers: dict[int, FixedLengthTokenizer] = {}
+
+    def encode_image(self, pixels_BHWC) -> dict[str, jax.Array]:
+        return self._encode_image(self.params, jnp.asarray(pixels_BHWC))
+
+    def encode_text(self, input_ids_BL, attention_mask_BL) -> dict[str, jax.Array]:
+        return self._encode_text(self.params, jnp.asarray(input_ids_BL, jnp.int32), jnp.asarray(attention_mask_BL, jnp.int32))
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, np.ndarray]:
+        """Strings -> int32 [B, max_length] ids and mask (default length: the text tower's maximum)."""
+        if self.tokenizer_json is None:
+            raise InputError("this CLIP checkpoint has no tokenizer.json")
+        max_length = max_length or self.config.text.max_position_embeddings
+        if max_length not in self._tokenizers:
+            self._tokenizers[max_length] = FixedLengthTokenizer(self.tokenizer_json, max_length)
+        return self._tokenizers[max_length](list(texts))
+
+
+def load_clip(path: str, dtype=jnp.float32) -> LoadedCLIP:
+    """A directory with config.json and model.safetensors (and tokenizer.json for `tokenize`)."""
+    config = clip_config_from_hf(path)
+    tokenizer_json = os.path.join(path, "tokenizer.json")
+    return LoadedCLIP(config, load_clip_params(path, config, dtype), tokenizer_json if os.path.isfile(tokenizer_json) else None)
