@@ -3,6 +3,9 @@
     python scripts/bench.py data --config experiments/configs/synthetic.py:default [--seconds 10]
     python scripts/bench.py train --config experiments/configs/metaworld_scratch.py:diffusion [--seconds 20]
     python scripts/bench.py infer --config experiments/configs/metaworld_scratch.py [--heads l1,diffusion:ddim:5]
+    python scripts/bench.py infer --config experiments/configs/otter_metaworld.py:text_aware --heads flow:10,l1 \
+        --config.model.clip.size=B/16 --config.dataset.frame_transform_kwargs.resize_size.primary='(224,224)' \
+        --config.dataset.frame_transform_kwargs.resize_size.wrist='(224,224)'
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py scale \
         --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
@@ -19,7 +22,8 @@ against the chip's dense bf16 peak where it is known (GPUs, TPUs; null on CPUs);
 
 `infer`: `PolicyModel.sample_actions` latency (p50/p95 over calls, batch 1, jitted) for each
 `--heads` entry (`diffusion:ddim:5` = DDIM with 5 steps, `flow:10` = 10 Euler steps), on a model
-built from the config with that head.
+built from the config with that head; for a policy with a CLIP (otter_metaworld.py) the result
+names its size and image resolution (a ViT-B/16 CLIP as above: random weights, the same compute).
 
 `scale`: for each `--fsdp_sizes` N (data = devices / N), the per-device bytes of parameters and
 optimizer state under the default FSDP rule (expected to fall as about 1/N for the sharded
@@ -193,7 +197,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
 
     import jax
 
-    from octo_like.train.optim import make_optimizer
+    from octo_like.train.optim import frozen_mask, make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import COMPUTE_DTYPES, make_train_step
 
@@ -202,7 +206,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
             raise InputError(f"--compute_dtypes entry '{name}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     batch = _example_batch(config)
     model = _model(config, batch)
-    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
+    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
     host_params = jax.device_get(model.params)  # each dtype's state gets its own buffers: the step donates them
     device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
     device = jax.devices()[0]
@@ -229,7 +233,8 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
             "mfu": flops * steps_per_s / peak if flops and peak else None,
         }
     leaves = jax.tree_util.tree_leaves(model.params)
-    trained = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(model.params) if "language_encoder" not in str(path))
+    frozen = jax.tree_util.tree_leaves(frozen_mask(model.params, model.frozen_keys))
+    trained = sum(x.size for x, is_frozen in zip(leaves, frozen) if not is_frozen)
     result = {
         "benchmark": "train",
         "heads": sorted(config["model"]["heads"]),
@@ -239,7 +244,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
         "device_kind": device.device_kind,
         "peak_bf16_flops": peak,
         "params": sum(x.size for x in leaves),
-        "params_without_language_encoder": trained,
+        "trained_params": trained,  # without the frozen encoders (MiniLM, CLIP)
         "compute_dtypes": by_dtype,
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -258,7 +263,7 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
 
     batch = _example_batch(config)
     model = _model(config, batch)
-    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"])
+    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
     host_params = jax.device_get(model.params)  # each mesh gets its own buffers: the step donates them
     results = []
     for fsdp in fsdp_sizes:
@@ -319,8 +324,14 @@ def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
         latencies_ms = 1000 * np.asarray(latencies[1:])
         results.append({"head": entry, "p50_ms": float(np.percentile(latencies_ms, 50)),
                         "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)})
-    return {"benchmark": "infer", "device": str(jax.devices()[0]), "transformer": config["model"]["transformer"],
-            "batch_size": 1, "results": results}
+    result = {"benchmark": "infer", "device": str(jax.devices()[0]), "transformer": config["model"]["transformer"],
+              "batch_size": 1, "results": results}
+    clip = model.config["model"].get("clip")
+    if clip is not None:
+        vision = clip["config"]["vision"]
+        result["clip"] = {"size": clip.get("size"), "checkpoint": clip.get("checkpoint"), "image_size": vision["image_size"],
+                          "patch_size": vision["patch_size"], "vision_layers": vision["num_layers"], "vision_width": vision["hidden_size"]}
+    return result
 
 
 def main(argv):

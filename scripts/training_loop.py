@@ -106,7 +106,7 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     model = PolicyModel.create(config, example_batch, statistics, jax.random.fold_in(rng, 0))
     if init_params is not None:
         model.params = init_params(model)
-    optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"])
+    optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
     # Parameters and optimizer state sharded by the config's rules, then by the default FSDP rule
     # (all replicated when fsdp = 1).
     state = shard_params(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), mesh,

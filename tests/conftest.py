@@ -1,9 +1,21 @@
-"""Shared test setup: quiet, CPU-only TensorFlow and 8 forced host devices for sharding tests."""
+"""Shared test setup: quiet, CPU-only TensorFlow, 8 forced host devices for sharding tests, and one
+persistent JAX compilation cache for the session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The end-to-end tests start train.py / evaluate.py as subprocesses (inheriting this environment)
+# that compile the same tiny programs again and again; a cache shared by them, fresh for each
+# session so that no test depends on an earlier run, compiles each once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="octo_like_jax_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 

@@ -19,7 +19,7 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
     common = ["--config=experiments/configs/octo_scratch.py:tiny", f"--config.dataset.data_dir={synthetic_data_dir}",
               "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20"]
     train = bench("train", *common)
-    assert train["batch_size"] == 8 and train["params"] > train["params_without_language_encoder"] > 0
+    assert train["batch_size"] == 8 and train["params"] > train["trained_params"] > 0
     assert set(train["compute_dtypes"]) == {"float32", "bfloat16"} and train["peak_host_memory_mb"] > 0
     for figures in train["compute_dtypes"].values():
         assert figures["steps_per_s"] > 0 and figures["examples_per_s"] == figures["steps_per_s"] * 8
@@ -35,3 +35,17 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
     assert [r["mesh"] for r in scale["results"]] == [{"data": 8, "fsdp": 1}, {"data": 1, "fsdp": 8}]
     # Sharding the large arrays over 8 devices leaves well under a quarter per device.
     assert scale["results"][1]["bytes_over_fsdp1"] < 0.25 and scale["results"][1]["steps_per_s"] > 0
+
+
+def test_infer_benchmark_names_the_clip_of_a_text_aware_policy(synthetic_data_dir):
+    clip_dir = os.path.join(REPO_ROOT, "tests", "fixtures", "clip_tiny")
+    infer = bench(
+        "infer", "--config=experiments/configs/otter_metaworld.py:text_aware", "--heads=l1",
+        f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.mixture=synthetic",
+        "--config.dataset.batch_size=2", "--config.dataset.shuffle_buffer_size=4", f"--config.clip_checkpoint={clip_dir}",
+        "--config.dataset.frame_transform_kwargs.resize_size.primary=(32,32)",
+        "--config.dataset.frame_transform_kwargs.resize_size.wrist=(32,32)",
+    )
+    assert infer["clip"] == {"size": "tiny", "checkpoint": clip_dir, "image_size": 32, "patch_size": 8,
+                             "vision_layers": 2, "vision_width": 48}
+    assert infer["results"][0]["head"] == "l1" and infer["results"][0]["p50_ms"] > 0

@@ -22,6 +22,7 @@ from octo_like.utils.errors import InputError
 from octo_like.utils.text import FixedLengthTokenizer
 
 CLIP_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "clip_tiny")
+OTTER_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs", "otter_metaworld.py")
 B, T, H, A, P, L = 2, 2, 3, 4, 4, 12
 INSTRUCTIONS = ["open the drawer", "push the mug to the left"]
 
@@ -148,7 +149,7 @@ def test_policy_holds_the_pretrained_clip_and_records_its_architecture(model):
     assert model.config["model"]["clip"]["config"]["projection_dim"] == 24
 
 
-def test_clip_gets_no_gradient_and_the_optimizer_leaves_it_unchanged(model):
+def test_clip_gets_no_gradient_and_the_optimizer_never_changes_it(model):
     batch = example_batch()
     (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(model.params, batch, jax.random.key(1), True)
     assert np.isfinite(loss)
@@ -157,7 +158,10 @@ def test_clip_gets_no_gradient_and_the_optimizer_leaves_it_unchanged(model):
     assert float(np.abs(tokenizer_grads["temperature"]["raw"])) > 0
     assert all(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(tokenizer_grads["pooler"]))
 
-    optimizer, _ = make_optimizer(model.params, {"learning_rate": 1e-2, "frozen_keys": ("clip/*",)}, num_steps=10)
+    # Frozen by the model whatever the config says: no frozen_keys here, and weight decay that
+    # would shrink a parameter with a zero gradient.
+    assert model.frozen_keys == ("clip/*",)
+    optimizer, _ = make_optimizer(model.params, {"learning_rate": 1e-2, "weight_decay": 0.1}, 10, model.frozen_keys)
     step = make_train_step(model.loss, optimizer, donate=False)
     state = TrainState.create(model.params, optimizer, jax.random.key(2))
     new_state, _ = step(state, batch)
@@ -218,3 +222,17 @@ def test_misconfigured_text_aware_policies_fail_in_one_line():
     config["model"]["clip"] = {"size": "huge"}
     with pytest.raises(InputError, match="model.clip.size='huge'; expected one of tiny, B/32, B/16, L/14"):
         PolicyModel.create(config, example_batch(), STATISTICS, jax.random.key(0))
+
+
+def test_otter_config_variants_and_the_one_clip_checkpoint_reference():
+    from octo_like.utils.config import load_config
+
+    config = load_config(f"{OTTER_CONFIG}:pooled,l1")
+    tokenizers = config.model.observation_tokenizers
+    assert {tokenizers[camera].kwargs.selection for camera in ("primary", "wrist")} == {"pooled"}
+    assert config.model.heads.action.name == "ContinuousActionHead" and "clip/*" in config.optimizer.frozen_keys
+    config.clip_checkpoint = CLIP_DIR
+    assert config.model.clip.checkpoint == CLIP_DIR and config.model.language.tokenizer_json == CLIP_DIR
+    assert config.dataset.traj_transform_kwargs.text_tokenizer.kwargs.tokenizer_json == CLIP_DIR
+    with pytest.raises(InputError, match="unknown selection 'clever'"):
+        load_config(f"{OTTER_CONFIG}:clever")

@@ -126,3 +126,34 @@ def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_dat
         f"error: run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
         "expected the same model config to resume, or a new --config.run_dir"
     )
+
+
+def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(synthetic_data_dir, tmp_path):
+    from octo_like.hf.clip import load_clip
+    from octo_like.model.policy import PolicyModel
+
+    clip_dir = os.path.join(REPO_ROOT, "tests", "fixtures", "clip_tiny")  # 32x32 images, its own BPE tokenizer
+    run_dir = tmp_path / "otter"
+    result = run_script(
+        "train.py", "--config=experiments/configs/otter_metaworld.py:text_aware,l1",
+        *small_run(synthetic_data_dir, run_dir, "--config.num_steps=2", "--config.save_interval=2",
+                   "--config.eval_interval=2", "--config.log_interval=1"),
+        f"--config.clip_checkpoint={clip_dir}", "--config.dataset.mixture=synthetic",
+        "--config.dataset.frame_transform_kwargs.resize_size.primary=(32,32)",
+        "--config.dataset.frame_transform_kwargs.resize_size.wrist=(32,32)",
+        "--config.model.heads.action.kwargs.action_dim=7",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["clip"]["checkpoint"] == clip_dir and config["model"]["clip"]["config"]["vision"]["image_size"] == 32
+    # The checkpoint's tokenizer (not MiniLM's, whose ids start with [CLS] = 101) tokenized the data,
+    # and travels with the release.
+    assert (run_dir / "tokenizer.json").read_bytes() == open(os.path.join(clip_dir, "tokenizer.json"), "rb").read()
+    model = PolicyModel.load_pretrained(str(run_dir))
+    ids = model.example_batch["task"]["language_instruction"]["input_ids"]
+    assert int(ids[0, 0]) == load_clip(clip_dir).config.text.bos_token_id and int(ids.max()) < 122
+    # Frozen through training: the release holds the checkpoint's weights.
+    pretrained = load_clip(clip_dir).params
+    for tower in ("vision_model", "text_model"):
+        for got, want in zip(jax.tree_util.tree_leaves(model.params["clip"][tower]), jax.tree_util.tree_leaves(pretrained[tower])):
+            np.testing.assert_array_equal(got, want)

@@ -236,6 +236,11 @@ class PolicyModel:
             self.text_tokenizer = FixedLengthTokenizer(language.get("tokenizer_json"), language.get("max_length", 16))
 
     @property
+    def frozen_keys(self) -> tuple[str, ...]:
+        """Parameter patterns the optimizer must never update: the pretrained frozen encoders."""
+        return tuple(f"{name}/*" for name in (LANGUAGE_ENCODER, CLIP) if name in self.params)
+
+    @property
     def window_size(self) -> int:
         return self.example_batch["observation"]["timestep_pad_mask"].shape[1]
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.model.tokenizers import _images, _observation_mask_BT
+from octo_like.model.tokenizers import checked_images, observation_mask_BT
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPModel
 from octo_like.utils.errors import InputError
@@ -132,12 +132,12 @@ class TextAwareImageTokenizer(nn.Module):
             raise InputError(f"TextAwareImageTokenizer for image_{self.camera} needs a CLIP: set model.clip")
         vision = clip.config.vision
         key = f"image_{self.camera}"
-        images_BTHWC = _images(observation, key, "observation", 5, (vision.image_size, vision.image_size))
+        images_BTHWC = checked_images(observation, key, "observation", 5, (vision.image_size, vision.image_size))
         batch, window = images_BTHWC.shape[:2]
         mean_C, std_C = np.asarray(vision.image_mean, np.float32), np.asarray(vision.image_std, np.float32)
         pixels_NHWC = ((images_BTHWC.astype(jnp.float32) / 255.0 - mean_C) / std_C).reshape(-1, *images_BTHWC.shape[2:])
         image = jax.lax.stop_gradient(clip.encode_image(pixels_NHWC))
-        mask_BT = _observation_mask_BT(observation, key)
+        mask_BT = observation_mask_BT(observation, key)
 
         if self.selection == "pooled":
             tokens_BTKW = nn.Dense(self.width, name="pooled_projection")(image["image_embeds"]).reshape(batch, window, 1, self.width)

@@ -47,13 +47,13 @@ def _present(tree: Tree, key: str, where: str) -> jax.Array:
     return jnp.asarray(_entry(pad_mask_dict, key, f"{where}['pad_mask_dict']"), bool)
 
 
-def _observation_mask_BT(observation: Tree, key: str) -> jax.Array:
+def observation_mask_BT(observation: Tree, key: str) -> jax.Array:
     """True where `key` exists and the timestep is real."""
     timestep_pad_mask_BT = jnp.asarray(_entry(observation, "timestep_pad_mask", "observation"), bool)
     return _present(observation, key, "observation") & timestep_pad_mask_BT
 
 
-def _images(tree: Tree, key: str, where: str, ndim: int, image_size: tuple[int, int] | None) -> jax.Array:
+def checked_images(tree: Tree, key: str, where: str, ndim: int, image_size: tuple[int, int] | None) -> jax.Array:
     """`tree[key]`, checked to be images [B, (T,) H, W, 3] of `image_size` (when set)."""
     images = _entry(tree, key, where)
     label = key if where == "observation" else f"{where} {key}"
@@ -87,7 +87,7 @@ class ImageTokenizer(nn.Module):
         self, observation: Tree, task: Tree, *, train: bool, language_embedding_BC: jax.Array | None = None
     ) -> TokenGroup:
         key = f"image_{self.camera}"
-        images_BTHWC = _images(observation, key, "observation", 5, self.image_size)
+        images_BTHWC = checked_images(observation, key, "observation", 5, self.image_size)
         batch, window = images_BTHWC.shape[:2]
         cond_NC = None
         if self.use_film:
@@ -98,7 +98,7 @@ class ImageTokenizer(nn.Module):
         stem = _make_stem(self.stem, self.stem_kwargs, self.use_film)
         features_NhwC = stem(images_BTHWC.reshape(batch * window, *images_BTHWC.shape[2:]), cond_NC, train=train)
         tokens_BTNC = features_NhwC.reshape(batch, window, -1, features_NhwC.shape[-1])
-        mask_BTN = jnp.broadcast_to(_observation_mask_BT(observation, key)[:, :, None], tokens_BTNC.shape[:3])
+        mask_BTN = jnp.broadcast_to(observation_mask_BT(observation, key)[:, :, None], tokens_BTNC.shape[:3])
         return TokenGroup(tokens_BTNC, mask_BTN)
 
 
@@ -115,7 +115,7 @@ class GoalImageTokenizer(nn.Module):
         self, observation: Tree, task: Tree, *, train: bool, language_embedding_BC: jax.Array | None = None
     ) -> TokenGroup:
         key = f"image_{self.camera}"
-        images_BHWC = _images(task, key, "task", 4, self.image_size)
+        images_BHWC = checked_images(task, key, "task", 4, self.image_size)
         features_BhwC = _make_stem(self.stem, self.stem_kwargs, use_film=False)(images_BHWC, train=train)
         tokens_BNC = features_BhwC.reshape(features_BhwC.shape[0], -1, features_BhwC.shape[-1])
         mask_BN = jnp.broadcast_to(_present(task, key, "task")[:, None], tokens_BNC.shape[:2])
@@ -149,7 +149,7 @@ class ProprioTokenizer(nn.Module):
             tokens_BTNC = self._binned_tokens(proprio_BTP)
         else:
             raise InputError(f"unknown ProprioTokenizer mode '{self.mode}'; expected 'linear' or 'binned'")
-        mask_BTN = jnp.broadcast_to(_observation_mask_BT(observation, "proprio")[:, :, None], tokens_BTNC.shape[:3])
+        mask_BTN = jnp.broadcast_to(observation_mask_BT(observation, "proprio")[:, :, None], tokens_BTNC.shape[:3])
         return TokenGroup(tokens_BTNC, mask_BTN)
 
     def _binned_tokens(self, proprio_BTP: jax.Array) -> jax.Array:

@@ -54,8 +54,12 @@ def frozen_mask(params, frozen_keys: Sequence[str], trainable_keys: Sequence[str
     return jax.tree_util.tree_map_with_path(frozen, params)
 
 
-def make_optimizer(params, config: Mapping, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, learning-rate schedule) for `params`; frozen parameters get no update at all."""
+def make_optimizer(params, config: Mapping, num_steps: int, always_frozen: Sequence[str] = ()
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, learning-rate schedule) for `params`; frozen parameters get no update at all.
+
+    `always_frozen` (the model's frozen encoders, `PolicyModel.frozen_keys`) is frozen whatever the
+    config says: a zero gradient alone would still let weight decay shrink a frozen encoder."""
     schedule = learning_rate_schedule(
         config["learning_rate"], config.get("warmup_steps", 0), num_steps, config.get("decay", "cosine"),
         config.get("final_lr_fraction", 0.0),
@@ -66,7 +70,7 @@ def make_optimizer(params, config: Mapping, num_steps: int) -> tuple[optax.Gradi
     transforms.append(optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
                                   weight_decay=config.get("weight_decay", 0.0)))
     optimizer = optax.chain(*transforms)
-    frozen_keys = tuple(config.get("frozen_keys", ()))
+    frozen_keys = (*config.get("frozen_keys", ()), *always_frozen)
     trainable_keys = config.get("trainable_keys")
     if frozen_keys or trainable_keys is not None:
         mask = frozen_mask(params, frozen_keys, None if trainable_keys is None else tuple(trainable_keys))
