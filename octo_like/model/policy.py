@@ -20,8 +20,8 @@
 Language goes through a frozen encoder: all-MiniLM-L6-v2 (`language_encoder` in the parameters,
 loaded from safetensors at creation) or, with `encoder="clip"`, the text tower of the policy's
 frozen CLIP (`clip`), whose per-token joint embeddings the text-aware image tokenizers also read.
-Frozen means never updated: outputs are cut from the gradient and the configs' optimizer freezes
-`language_encoder/*` and `clip/*`. The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
+Frozen means never updated: outputs are cut from the gradient and the optimizer leaves
+`language_encoder/*` and `clip/*` alone whatever its config says (`PolicyModel.frozen_keys`). The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
 directory: architecture and weights), else it is a randomly initialized `clip.size`
 (CLIP_SIZES); `create` writes the architecture into `clip.config`, so a release rebuilds it without
 the checkpoint. The run directory (release format) holds config.json, dataset_statistics.json,
