@@ -29,6 +29,8 @@ as one token; the instruction's CLIP text tokens as task tokens; a causal window
 uses 12; CPU-sized here), one readout token, a 4-action chunk. CLIP is frozen (`clip/*`).
 """
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -37,14 +39,13 @@ from octo_like.model.text_aware import SELECTIONS, TextAwareImageTokenizer
 from octo_like.model.tokenizers import ProprioTokenizer
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
+from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
 
 ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
-WINDOW_SIZE = 2
-ACTION_HORIZON = 4
+ACTION_HORIZON = 4  # metaworld_scratch.py's chunk (its data section is used as is)
 CAMERAS = ("primary", "wrist")
 IMAGE_SIZE = (64, 64)  # the `tiny` CLIP's; a checkpoint's own size with --config.clip_checkpoint
-MAX_LENGTH = 16
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -58,6 +59,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # One reference, three readers: the model's CLIP, its inference tokenizer and the data pipeline's.
     config.clip_checkpoint = config_dict.placeholder(str)
     clip_checkpoint = config.get_ref("clip_checkpoint")
+    # metaworld_scratch.py's data (same demonstrations, chunks and augmentation), every camera at
+    # the CLIP's resolution, instructions tokenized by the CLIP checkpoint's tokenizer when one is given.
+    config.dataset = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaworld_scratch.py")).dataset
+    config.dataset.frame_transform_kwargs.resize_size = {camera: IMAGE_SIZE for camera in CAMERAS}
+    text_tokenizer = config.dataset.traj_transform_kwargs.text_tokenizer.kwargs
+    text_tokenizer.tokenizer_json = clip_checkpoint
     config.model = ml_collections.ConfigDict(dict(
         observation_tokenizers={
             camera: spec.create(TextAwareImageTokenizer, camera=camera, num_tokens=8, width=128, num_heads=4,
@@ -65,7 +72,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             for camera in CAMERAS
         } | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
         task_tokenizers={},
-        language=dict(encoder="clip", max_length=MAX_LENGTH, tokenizer_json=clip_checkpoint),
+        language=dict(encoder="clip", max_length=text_tokenizer.max_length, tokenizer_json=clip_checkpoint),
         clip=dict(checkpoint=clip_checkpoint, size="tiny"),
         readouts={"action": 1},
         transformer=dict(size="tiny", dropout_rate=0.0, remat=False),
@@ -75,32 +82,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         learning_rate=3e-4, warmup_steps=200, decay="cosine", final_lr_fraction=0.05, weight_decay=0.01,
         clip_gradient=1.0, frozen_keys=("clip/*",),
     )
-    config.dataset = ml_collections.ConfigDict(dict(
-        mixture="metaworld/quickstart",
-        data_dir="data/tensorflow_datasets",
-        dataset_kwargs=dict(action_proprio_normalization_type="normal"),
-        batch_size=32,
-        shuffle_buffer_size=5000,
-        balance_weights=False,
-        traj_transform_kwargs=dict(
-            window_size=WINDOW_SIZE,
-            action_horizon=ACTION_HORIZON,
-            goal_relabeling_strategy=config_dict.placeholder(str),
-            subsample_length=config_dict.placeholder(int),
-            max_action=config_dict.placeholder(float),
-            text_tokenizer=spec.create("octo_like.data.language:TextTokenizer", max_length=MAX_LENGTH),
-        ),
-        frame_transform_kwargs=dict(
-            resize_size={camera: IMAGE_SIZE for camera in CAMERAS},
-            image_augment_kwargs={
-                "primary": dict(
-                    random_resized_crop=dict(scale=(0.9, 1.0), ratio=(0.95, 1.05)),
-                    random_brightness=(0.1,),
-                    augment_order=("random_resized_crop", "random_brightness"),
-                ),
-            },
-        ),
-    ))
-    # Set after spec.create, which takes JSON values only.
-    config.dataset.traj_transform_kwargs.text_tokenizer.kwargs.tokenizer_json = clip_checkpoint
     return config

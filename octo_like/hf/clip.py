@@ -30,6 +30,7 @@ from octo_like.model.vision.clip import (
     CLIPTextConfig,
     CLIPVisionConfig,
 )
+from octo_like.hf.files import listed, required_file
 from octo_like.utils.errors import InputError
 from octo_like.utils.text import FixedLengthTokenizer
 
@@ -46,7 +47,6 @@ _TOWER_FIELDS = dict(hidden_size="hidden_size", num_layers="num_hidden_layers", 
                      intermediate_size="intermediate_size", hidden_act="hidden_act", layer_norm_eps="layer_norm_eps")
 # Tensors a CLIPModel checkpoint may hold that the towers do not read (position-id buffers).
 _UNUSED_SUFFIXES = ("embeddings.position_ids",)
-_MAX_NAMES_LISTED = 8
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -68,7 +68,7 @@ def _square(value, key: str, path: str) -> int:
 
 def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
     """config.json (+ preprocessor_config.json when present) of a CLIPModel directory -> CLIPConfig."""
-    path = _required_file(checkpoint_dir, "config.json")
+    path = required_file(checkpoint_dir, "config.json", "CLIP checkpoint")
     raw = _read_json(path, "CLIP config")
     if raw.get("model_type", "clip") != "clip":
         raise InputError(f"CLIP config '{path}': model_type is '{raw['model_type']}', expected 'clip'")
@@ -116,20 +116,6 @@ def _to_flax(tensor: np.ndarray, flax_path: tuple[str, ...]) -> np.ndarray:
     return tensor.T
 
 
-def _listed(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES_LISTED])
-    return shown + (f", ... (+{len(names) - _MAX_NAMES_LISTED} more)" if len(names) > _MAX_NAMES_LISTED else "")
-
-
-def _required_file(directory: str, name: str) -> str:
-    if not os.path.isdir(directory):
-        raise InputError(f"CLIP checkpoint directory '{directory}' does not exist")
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise InputError(f"CLIP checkpoint file '{path}' does not exist; expected {name} in the checkpoint directory")
-    return path
-
-
 def clip_param_shapes(config: CLIPConfig) -> dict:
     vision = config.vision
     pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
@@ -139,7 +125,7 @@ def clip_param_shapes(config: CLIPConfig) -> dict:
 
 def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32) -> dict:
     """model.safetensors of a CLIPModel directory -> the Flax params of `CLIPModel(config)`."""
-    weights_path = _required_file(checkpoint_dir, "model.safetensors")
+    weights_path = required_file(checkpoint_dir, "model.safetensors", "CLIP checkpoint")
     expected = {_torch_name(path): (path, shape) for path, shape in flatten_dict(clip_param_shapes(config)).items()}
     with safe_open(weights_path, framework="numpy") as file:
         # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
@@ -149,7 +135,7 @@ def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32)
         if missing or unexpected:
             raise InputError(
                 f"CLIP checkpoint '{weights_path}' does not match its config.json: "
-                f"missing tensors [{_listed(missing)}]; unexpected tensors [{_listed(unexpected)}]"
+                f"missing tensors [{listed(missing)}]; unexpected tensors [{listed(unexpected)}]"
             )
         flat_params = {}
         for name, (path, param) in expected.items():

@@ -21,6 +21,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import safe_open
 
 from octo_like.utils.assets import installed_minilm_dir
+from octo_like.hf.files import listed, required_file
+from octo_like.model.language.inputs import check_text_inputs
 from octo_like.utils.errors import InputError
 from octo_like.utils.text import FixedLengthTokenizer
 
@@ -58,7 +60,6 @@ _LEAF_TORCH_NAMES = {"embedding": "weight", "kernel": "weight", "scale": "weight
 # Tensors a BERT checkpoint may hold that the last hidden states do not use: the position-id
 # buffer, the pooler and the pretraining heads (`cls.*`, next to a `bert.`-prefixed encoder).
 _UNUSED_TENSOR_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
-_MAX_NAMES_LISTED = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +141,8 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BL: jax.Array, attention_mask_BL: jax.Array) -> jax.Array:
         config = self.config
-        if input_ids_BL.ndim != 2 or input_ids_BL.shape != attention_mask_BL.shape:
-            raise InputError(
-                f"input_ids {tuple(input_ids_BL.shape)} and attention_mask {tuple(attention_mask_BL.shape)} "
-                "must both be [batch, length]"
-            )
+        check_text_inputs(input_ids_BL, attention_mask_BL, config.max_position_embeddings)
         length = input_ids_BL.shape[1]
-        if length > config.max_position_embeddings:
-            raise InputError(
-                f"sequence length {length} exceeds max_position_embeddings {config.max_position_embeddings}"
-            )
 
         def embed(name: str, num_embeddings: int, ids: jax.Array) -> jax.Array:
             return nn.Embed(num_embeddings, config.hidden_size, name=name)(ids)
@@ -176,28 +169,14 @@ def _torch_name(flax_path: tuple[str, ...]) -> str:
     return f"{torch_module}.{_LEAF_TORCH_NAMES[leaf]}"
 
 
-def _listed(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES_LISTED])
-    return shown + (f", ... (+{len(names) - _MAX_NAMES_LISTED} more)" if len(names) > _MAX_NAMES_LISTED else "")
-
-
-def _required_file(directory: str, name: str) -> str:
-    if not os.path.isdir(directory):
-        raise InputError(f"checkpoint directory '{directory}' does not exist")
-    path = os.path.join(directory, name)
-    if not os.path.isfile(path):
-        raise InputError(f"checkpoint file '{path}' does not exist; expected {name} in the checkpoint directory")
-    return path
-
-
 def load_bert_params(checkpoint_dir: str) -> tuple[BertConfig, dict]:
     """A transformers BERT checkpoint directory (config.json, model.safetensors) -> (config, Flax params).
 
     Tensor names may carry a `bert.` prefix (checkpoints of BertFor* models). Torch Linear weights
     are [out, in] and are transposed to Flax's [in, out] kernels.
     """
-    config = BertConfig.from_json(_required_file(checkpoint_dir, "config.json"))
-    weights_path = _required_file(checkpoint_dir, "model.safetensors")
+    config = BertConfig.from_json(required_file(checkpoint_dir, "config.json"))
+    weights_path = required_file(checkpoint_dir, "model.safetensors")
     dummy_ids = jnp.zeros((1, 1), jnp.int32)
     param_shapes = jax.eval_shape(BertEncoder(config).init, jax.random.key(0), dummy_ids, dummy_ids)["params"]
     expected = {_torch_name(path): (path, shape) for path, shape in flatten_dict(param_shapes).items()}
@@ -210,7 +189,7 @@ def load_bert_params(checkpoint_dir: str) -> tuple[BertConfig, dict]:
         if missing or unexpected:
             raise InputError(
                 f"checkpoint '{weights_path}' does not match its config.json: "
-                f"missing tensors [{_listed(missing)}]; unexpected tensors [{_listed(unexpected)}]"
+                f"missing tensors [{listed(missing)}]; unexpected tensors [{listed(unexpected)}]"
             )
         flat_params = {}
         for name, (path, param) in expected.items():
@@ -265,6 +244,6 @@ class MiniLM:
 def load_minilm(path: str | None = None) -> MiniLM:
     """A checkpoint directory with config.json, model.safetensors and tokenizer.json (default: the installed one)."""
     checkpoint_dir = installed_minilm_dir() if path is None else path
-    tokenizer_path = _required_file(checkpoint_dir, "tokenizer.json")
+    tokenizer_path = required_file(checkpoint_dir, "tokenizer.json")
     config, params = load_bert_params(checkpoint_dir)
     return MiniLM(config, params, tokenizer_path)

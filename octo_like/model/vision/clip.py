@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from octo_like.model.language.inputs import check_text_inputs
 from octo_like.model.precision import parameter_dtype
 from octo_like.utils.errors import InputError
 
@@ -244,14 +245,8 @@ class CLIPTextTransformer(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BL: jax.Array, attention_mask_BL: jax.Array) -> dict[str, jax.Array]:
         config = self.config
-        if input_ids_BL.ndim != 2 or input_ids_BL.shape != attention_mask_BL.shape:
-            raise InputError(
-                f"input_ids {tuple(input_ids_BL.shape)} and attention_mask {tuple(attention_mask_BL.shape)} "
-                "must both be [batch, length]"
-            )
+        check_text_inputs(input_ids_BL, attention_mask_BL, config.max_position_embeddings)
         length = input_ids_BL.shape[1]
-        if length > config.max_position_embeddings:
-            raise InputError(f"text length {length} exceeds the CLIP text max_position_embeddings {config.max_position_embeddings}")
         hidden_BLC = CLIPTextEmbeddings(config, name="embeddings")(input_ids_BL)
         causal_LL = jnp.tril(jnp.ones((length, length), bool))
         mask_B1LL = causal_LL[None, None] & attention_mask_BL.astype(bool)[:, None, None, :]
