@@ -1,7 +1,7 @@
 """Text-aware visual tokens (OTTER): the instruction picks the CLIP patch features the policy sees.
 
-Axis letters: B batch, T window, L instruction tokens, N patches, D CLIP's joint embedding size,
-K pooled tokens per camera and timestep, W pooler width.
+Axis letters: B batch, T window, F frames (B * T images), L instruction tokens, N patches, D CLIP's
+joint embedding size, K pooled tokens per camera and timestep, W pooler width.
 
     patches_BND  the last CLIP block's attention output alone, post-LayerNorm'd and projected
                  (`CLIPModel.encode_image(...)["patch_embeds"]`): patches in the text space
@@ -135,8 +135,8 @@ class TextAwareImageTokenizer(nn.Module):
         images_BTHWC = checked_images(observation, key, "observation", 5, (vision.image_size, vision.image_size))
         batch, window = images_BTHWC.shape[:2]
         mean_C, std_C = np.asarray(vision.image_mean, np.float32), np.asarray(vision.image_std, np.float32)
-        pixels_NHWC = ((images_BTHWC.astype(jnp.float32) / 255.0 - mean_C) / std_C).reshape(-1, *images_BTHWC.shape[2:])
-        image = jax.lax.stop_gradient(clip.encode_image(pixels_NHWC))
+        pixels_FHWC = ((images_BTHWC.astype(jnp.float32) / 255.0 - mean_C) / std_C).reshape(-1, *images_BTHWC.shape[2:])
+        image = jax.lax.stop_gradient(clip.encode_image(pixels_FHWC))
         mask_BT = observation_mask_BT(observation, key)
 
         if self.selection == "pooled":
@@ -151,13 +151,13 @@ class TextAwareImageTokenizer(nn.Module):
         special_BL = (ids_BL == clip.config.text.bos_token_id) | (ids_BL == clip.config.text.eos_token_id)
         words_BL = language.mask & ~special_BL
         # Every frame of a sample is selected from by that sample's instruction.
-        words_NL = jnp.repeat(words_BL, window, axis=0)
-        text_NLD = jnp.repeat(language.tokens, window, axis=0).astype(image["patch_embeds"].dtype)
-        position_PD = sincos_positions_2d(vision.image_size // vision.patch_size, clip.config.projection_dim)
+        words_FL = jnp.repeat(words_BL, window, axis=0)
+        text_FLD = jnp.repeat(language.tokens, window, axis=0).astype(image["patch_embeds"].dtype)
+        position_ND = sincos_positions_2d(vision.image_size // vision.patch_size, clip.config.projection_dim)
         temperature = Temperature(self.temperature_init, self.learn_temperature, name="temperature")()
-        selected_NLD, _ = select_patches(text_NLD, words_NL, image["patch_embeds"], position_PD, temperature)
-        pooled_NKW = AttentionPooler(self.num_tokens, self.width, self.num_heads, name="pooler")(selected_NLD, words_NL)
-        tokens_BTKW = pooled_NKW.reshape(batch, window, self.num_tokens, self.width)
+        selected_FLD, _ = select_patches(text_FLD, words_FL, image["patch_embeds"], position_ND, temperature)
+        pooled_FKW = AttentionPooler(self.num_tokens, self.width, self.num_heads, name="pooler")(selected_FLD, words_FL)
+        tokens_BTKW = pooled_FKW.reshape(batch, window, self.num_tokens, self.width)
         # An instruction without a single word (missing, or dropped) selects nothing: no tokens.
         has_words_B = words_BL.any(axis=1)
         mask_BTK = jnp.broadcast_to((mask_BT & has_words_B[:, None])[:, :, None], tokens_BTKW.shape[:3])
