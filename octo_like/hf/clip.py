@@ -22,6 +22,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import safe_open
 
+from octo_like.hf.files import listed, required_file
 from octo_like.model.vision.clip import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,
@@ -30,7 +31,6 @@ from octo_like.model.vision.clip import (
     CLIPTextConfig,
     CLIPVisionConfig,
 )
-from octo_like.hf.files import listed, required_file
 from octo_like.utils.errors import InputError
 from octo_like.utils.text import FixedLengthTokenizer
 

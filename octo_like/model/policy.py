@@ -266,7 +266,7 @@ class PolicyModel:
         clip_checkpoint = (config["model"].get("clip") or {}).get("checkpoint")
         if CLIP in params and clip_checkpoint:
             pretrained = load_clip_params(clip_checkpoint, module.clip_config)
-            # Only the parts the policy uses exist (e.g. no logit_scale, no vision tower without image tokenizers).
+            # Only the parts the policy uses exist (no vision tower without image tokenizers).
             params[CLIP] = {name: pretrained[name] for name in params[CLIP]}
         return cls(module, params, config, example_batch, jax.tree_util.tree_map(np.asarray, dict(dataset_statistics)))
 

@@ -136,7 +136,7 @@ class CLIPAttention(nn.Module):
     config: CLIPTowerConfig
 
     @nn.compact
-    def __call__(self, hidden_BNC: jax.Array, mask_BKNN: jax.Array | None) -> jax.Array:
+    def __call__(self, hidden_BNC: jax.Array, mask_B1NN: jax.Array | None) -> jax.Array:
         config = self.config
         batch, length, width = hidden_BNC.shape
         head_size = width // config.num_heads
@@ -145,29 +145,12 @@ class CLIPAttention(nn.Module):
             return nn.Dense(width, name=name)(hidden_BNC).reshape(batch, length, config.num_heads, head_size)
 
         attended_BNKH = jax.nn.dot_product_attention(
-            heads_BNKH("q_proj"), heads_BNKH("k_proj"), heads_BNKH("v_proj"), mask=mask_BKNN
+            heads_BNKH("q_proj"), heads_BNKH("k_proj"), heads_BNKH("v_proj"), mask=mask_B1NN
         )
         return nn.Dense(width, name="out_proj")(attended_BNKH.reshape(batch, length, width))
 
 
-class CLIPEncoderLayer(nn.Module):
-    """Pre-LayerNorm block; also returns its attention output (before the residual) for patch_embeds."""
-
-    config: CLIPTowerConfig
-
-    @nn.compact
-    def __call__(self, hidden_BNC: jax.Array, mask_BKNN: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-        config = self.config
-        attention_BNC = CLIPAttention(config, name="self_attn")(
-            _layer_norm(config.layer_norm_eps, "layer_norm1")(hidden_BNC), mask_BKNN
-        )
-        hidden_BNC = hidden_BNC + attention_BNC
-        normed_BNC = _layer_norm(config.layer_norm_eps, "layer_norm2")(hidden_BNC)
-        mlp = _MLP(config, name="mlp")
-        return hidden_BNC + mlp(normed_BNC), attention_BNC
-
-
-class _MLP(nn.Module):
+class CLIPMLP(nn.Module):
     config: CLIPTowerConfig
 
     @nn.compact
@@ -176,15 +159,31 @@ class _MLP(nn.Module):
         return nn.Dense(self.config.hidden_size, name="fc2")(hidden_BNF)
 
 
+class CLIPEncoderLayer(nn.Module):
+    """Pre-LayerNorm block; also returns its attention output (before the residual) for patch_embeds."""
+
+    config: CLIPTowerConfig
+
+    @nn.compact
+    def __call__(self, hidden_BNC: jax.Array, mask_B1NN: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        config = self.config
+        attention_BNC = CLIPAttention(config, name="self_attn")(
+            _layer_norm(config.layer_norm_eps, "layer_norm1")(hidden_BNC), mask_B1NN
+        )
+        hidden_BNC = hidden_BNC + attention_BNC
+        normed_BNC = _layer_norm(config.layer_norm_eps, "layer_norm2")(hidden_BNC)
+        return hidden_BNC + CLIPMLP(config, name="mlp")(normed_BNC), attention_BNC
+
+
 class CLIPEncoder(nn.Module):
     config: CLIPTowerConfig
 
     @nn.compact
-    def __call__(self, hidden_BNC: jax.Array, mask_BKNN: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, hidden_BNC: jax.Array, mask_B1NN: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         """(last hidden states, the last layer's attention output)."""
         attention_BNC = None
         for index in range(self.config.num_layers):
-            hidden_BNC, attention_BNC = CLIPEncoderLayer(self.config, name=f"layers_{index}")(hidden_BNC, mask_BKNN)
+            hidden_BNC, attention_BNC = CLIPEncoderLayer(self.config, name=f"layers_{index}")(hidden_BNC, mask_B1NN)
         return hidden_BNC, attention_BNC
 
 
