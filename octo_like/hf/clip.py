@@ -8,8 +8,7 @@
 Pixels are already normalized as the checkpoint's preprocessor does it (`clip.config.vision.image_mean`
 and `image_std`, read from preprocessor_config.json when the directory has one). config.json is read
 the way transformers reads it: `save_pretrained` leaves out values equal to the class defaults, so
-those defaults fill what is missing. Torch Linear weights [out, in] become Flax kernels [in, out];
-the patch convolution [C, 3, p, p] becomes [p, p, 3, C].
+those defaults fill what is missing. Tensor names and layouts map as `octo_like/hf/files.py` says.
 """
 
 import json
@@ -19,10 +18,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors import safe_open
 
-from octo_like.hf.files import listed, required_file
+from octo_like.hf.files import load_flax_params, required_file
 from octo_like.model.vision.clip import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,
@@ -98,24 +95,6 @@ def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
     )
 
 
-def _torch_name(flax_path: tuple[str, ...]) -> str:
-    """('vision_model', 'encoder', 'layers_3', 'self_attn', 'q_proj', 'kernel') ->
-    'vision_model.encoder.layers.3.self_attn.q_proj.weight'."""
-    *modules, leaf = flax_path
-    names = [f"layers.{name.removeprefix('layers_')}" if name.startswith("layers_") else name for name in modules]
-    if leaf in ("kernel", "scale", "embedding"):
-        leaf = "weight"
-    return ".".join([*names, leaf])
-
-
-def _to_flax(tensor: np.ndarray, flax_path: tuple[str, ...]) -> np.ndarray:
-    if flax_path[-1] != "kernel":
-        return tensor
-    if tensor.ndim == 4:  # Conv2d [out, in, h, w] -> [h, w, in, out]
-        return tensor.transpose(2, 3, 1, 0)
-    return tensor.T
-
-
 def clip_param_shapes(config: CLIPConfig) -> dict:
     vision = config.vision
     pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
@@ -126,27 +105,9 @@ def clip_param_shapes(config: CLIPConfig) -> dict:
 def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32) -> dict:
     """model.safetensors of a CLIPModel directory -> the Flax params of `CLIPModel(config)`."""
     weights_path = required_file(checkpoint_dir, "model.safetensors", "CLIP checkpoint")
-    expected = {_torch_name(path): (path, shape) for path, shape in flatten_dict(clip_param_shapes(config)).items()}
-    with safe_open(weights_path, framework="numpy") as file:
-        # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
-        stored = {name.removeprefix("clip."): name for name in file.keys()}
-        missing = sorted(expected.keys() - stored.keys())
-        unexpected = sorted(name for name in stored.keys() - expected.keys() if not name.endswith(_UNUSED_SUFFIXES))
-        if missing or unexpected:
-            raise InputError(
-                f"CLIP checkpoint '{weights_path}' does not match its config.json: "
-                f"missing tensors [{listed(missing)}]; unexpected tensors [{listed(unexpected)}]"
-            )
-        flat_params = {}
-        for name, (path, param) in expected.items():
-            tensor = _to_flax(file.get_tensor(stored[name]), path)
-            if tensor.shape != param.shape:
-                raise InputError(
-                    f"CLIP checkpoint '{weights_path}': tensor {name} has shape {tensor.shape} in Flax layout, "
-                    f"expected {param.shape} from config.json"
-                )
-            flat_params[path] = jnp.asarray(tensor, dtype)
-    return unflatten_dict(flat_params)
+    # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
+    return load_flax_params(weights_path, clip_param_shapes(config), prefixes=("", "clip."),
+                            ignored_suffixes=_UNUSED_SUFFIXES, dtype=dtype, what="CLIP checkpoint")
 
 
 class LoadedCLIP:

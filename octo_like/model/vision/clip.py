@@ -127,7 +127,7 @@ CLIP_SIZES = {
 }
 
 
-def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
     # Two-pass variance, as torch computes it.
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
 
@@ -168,10 +168,10 @@ class CLIPEncoderLayer(nn.Module):
     def __call__(self, hidden_BNC: jax.Array, mask_B1NN: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         config = self.config
         attention_BNC = CLIPAttention(config, name="self_attn")(
-            _layer_norm(config.layer_norm_eps, "layer_norm1")(hidden_BNC), mask_B1NN
+            layer_norm(config.layer_norm_eps, "layer_norm1")(hidden_BNC), mask_B1NN
         )
         hidden_BNC = hidden_BNC + attention_BNC
-        normed_BNC = _layer_norm(config.layer_norm_eps, "layer_norm2")(hidden_BNC)
+        normed_BNC = layer_norm(config.layer_norm_eps, "layer_norm2")(hidden_BNC)
         return hidden_BNC + CLIPMLP(config, name="mlp")(normed_BNC), attention_BNC
 
 
@@ -217,9 +217,9 @@ class CLIPVisionTransformer(nn.Module):
         if pixels_BHWC.ndim != 4 or tuple(pixels_BHWC.shape[1:]) != expected:
             raise InputError(f"CLIP pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]")
         hidden_BNC = CLIPVisionEmbeddings(config, name="embeddings")(pixels_BHWC)
-        hidden_BNC = _layer_norm(config.layer_norm_eps, "pre_layrnorm")(hidden_BNC)
+        hidden_BNC = layer_norm(config.layer_norm_eps, "pre_layrnorm")(hidden_BNC)
         hidden_BNC, attention_BNC = CLIPEncoder(config, name="encoder")(hidden_BNC, None)
-        post_layernorm = _layer_norm(config.layer_norm_eps, "post_layernorm")
+        post_layernorm = layer_norm(config.layer_norm_eps, "post_layernorm")
         return {
             "last_hidden_state": hidden_BNC,
             "pooler_output": post_layernorm(hidden_BNC[:, 0]),
@@ -250,7 +250,7 @@ class CLIPTextTransformer(nn.Module):
         causal_LL = jnp.tril(jnp.ones((length, length), bool))
         mask_B1LL = causal_LL[None, None] & attention_mask_BL.astype(bool)[:, None, None, :]
         hidden_BLC, _ = CLIPEncoder(config, name="encoder")(hidden_BLC, mask_B1LL)
-        hidden_BLC = _layer_norm(config.layer_norm_eps, "final_layer_norm")(hidden_BLC)
+        hidden_BLC = layer_norm(config.layer_norm_eps, "final_layer_norm")(hidden_BLC)
         if config.eos_token_id == LEGACY_EOS_TOKEN_ID:
             eos_position_B = jnp.argmax(input_ids_BL, axis=-1)
         else:
