@@ -1,0 +1,92 @@
+"""The SigLIP vision tower from a directory written by transformers (`SiglipVisionModel` or `SiglipModel`).
+
+    siglip = load_siglip_vision("/path/to/siglip-so400m-patch14-224")
+    outputs = siglip.encode_image(pixels_BHWC)   # {"last_hidden_state"[, "pooler_output"]}
+
+Pixels are normalized as the checkpoint's preprocessor does it (SigLIP: (x - 0.5) / 0.5).
+transformers 4.x writes a SiglipVisionModel's tensors under `vision_model.`, 5.x without a prefix;
+both load. Values config.json leaves out take transformers' SiglipVisionConfig defaults.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+from octo_like.hf.files import load_flax_params, required_file
+from octo_like.model.vision.siglip import SiglipVisionConfig, SiglipVisionTransformer
+from octo_like.utils.errors import InputError
+
+# transformers' SiglipVisionConfig defaults (what save_pretrained omits).
+_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                        num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
+                        layer_norm_eps=1e-6, vision_use_head=True)
+_MODEL_TYPES = ("siglip_vision_model", "siglip")
+# Where the vision tower's tensors sit: SiglipVisionModel (5.x, 4.x) and SiglipModel.
+VISION_PREFIXES = ("", "vision_model.")
+
+
+def siglip_vision_config_from_dict(raw: dict, where: str) -> SiglipVisionConfig:
+    """A transformers vision config dict (possibly with omitted defaults) -> SiglipVisionConfig."""
+    vision = {**_VISION_DEFAULTS, **raw}
+    sizes = {}
+    for key in ("image_size", "patch_size"):
+        value = vision[key]
+        if isinstance(value, list | tuple):
+            if len(value) != 2 or value[0] != value[1]:
+                raise InputError(f"SigLIP config '{where}': {key} is {value}; expected one size (square)")
+            value = value[0]
+        sizes[key] = int(value)
+    config = SiglipVisionConfig(
+        hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
+        intermediate_size=vision["intermediate_size"], hidden_act=vision["hidden_act"],
+        layer_norm_eps=vision["layer_norm_eps"], num_channels=vision["num_channels"],
+        use_head=bool(vision["vision_use_head"]), **sizes,
+    )
+    config.check(f"SigLIP config '{where}'")
+    return config
+
+
+def _read_config(checkpoint_dir: str) -> tuple[str, dict]:
+    path = required_file(checkpoint_dir, "config.json", "SigLIP checkpoint")
+    with open(path) as file:
+        try:
+            raw = json.load(file)
+        except json.JSONDecodeError as error:
+            raise InputError(f"SigLIP config '{path}' is not valid JSON: {error}") from None
+    model_type = raw.get("model_type", "siglip_vision_model")
+    if model_type not in _MODEL_TYPES:
+        raise InputError(f"SigLIP config '{path}': model_type is '{model_type}', expected one of {', '.join(_MODEL_TYPES)}")
+    return path, raw
+
+
+def siglip_vision_config_from_hf(checkpoint_dir: str) -> SiglipVisionConfig:
+    path, raw = _read_config(checkpoint_dir)
+    return siglip_vision_config_from_dict(raw.get("vision_config", {}) if raw.get("model_type") == "siglip" else raw, path)
+
+
+def siglip_vision_param_shapes(config: SiglipVisionConfig) -> dict:
+    pixels = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
+    return jax.eval_shape(SiglipVisionTransformer(config).init, jax.random.key(0), pixels)["params"]
+
+
+class LoadedSiglipVision:
+    def __init__(self, config: SiglipVisionConfig, params: dict):
+        self.config = config
+        self.params = params
+        self.module = SiglipVisionTransformer(config)
+        self._apply = jax.jit(self.module.apply)
+
+    def encode_image(self, pixels_BHWC) -> dict[str, jax.Array]:
+        return self._apply({"params": self.params}, jnp.asarray(pixels_BHWC))
+
+
+def load_siglip_vision(path: str, dtype=jnp.float32) -> LoadedSiglipVision:
+    """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors."""
+    config = siglip_vision_config_from_hf(path)
+    weights_path = required_file(path, "model.safetensors", "SigLIP checkpoint")
+    # A SiglipModel also holds the text tower and logit scale/bias: only `vision_model.*` is read.
+    prefixes = VISION_PREFIXES[1:] if _read_config(path)[1].get("model_type") == "siglip" else VISION_PREFIXES
+    params = load_flax_params(weights_path, siglip_vision_param_shapes(config), prefixes=prefixes,
+                              ignored_suffixes=("position_ids",), dtype=dtype, what="SigLIP checkpoint")
+    return LoadedSiglipVision(config, params)
