@@ -1,0 +1,169 @@
+"""The Gemma decoder (PaliGemma's language model) in Flax, named like transformers' GemmaForCausalLM.
+
+Axis letters: B batch, L tokens, C width, N query heads, K key/value heads (multi-query: K = 1;
+grouped: N a multiple of K), H head size, F MLP width, V vocabulary.
+
+Pre-RMSNorm blocks (`x * rsqrt(mean(x^2) + eps) * (1 + weight)`, computed in float32), token
+embeddings scaled by sqrt(C) (in the embedding's dtype, as transformers does), rotary positions
+(rotate-half layout) on queries and keys, grouped-query attention with H^-0.5 scaling, a GeGLU MLP
+(tanh-GELU(gate) * up -> down), a final RMSNorm, and logits through the embedding matrix when the
+word embeddings are tied (Gemma's default) or through `lm_head`.
+
+`__call__` takes an attention mask [B, L, L] (True: query may attend key), so that a caller builds
+causal, prefix-LM (PaliGemma: bidirectional prefix, causal suffix) or block masks alike;
+`causal_mask` makes the plain one.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from octo_like.model.language.inputs import check_text_inputs
+from octo_like.model.vision.clip import ACTIVATIONS
+from octo_like.utils.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    hidden_act: str = "gelu_pytorch_tanh"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 8192
+    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.hidden_act not in ACTIVATIONS:
+            raise InputError(f"Gemma hidden_act is '{self.hidden_act}'; expected one of {', '.join(ACTIVATIONS)}")
+        if self.num_heads % self.num_kv_heads:
+            raise InputError(f"Gemma num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
+
+
+# google/gemma-2b (PaliGemma's decoder: multi-query attention, head size 256).
+GEMMA_SIZES = {
+    "2B": GemmaConfig(vocab_size=257216, hidden_size=2048, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
+                      intermediate_size=16384),
+}
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x_BLC: jax.Array) -> jax.Array:
+        scale_C = self.param("scale", nn.initializers.zeros, (x_BLC.shape[-1],))
+        x32 = x_BLC.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * (1.0 + scale_C.astype(jnp.float32))).astype(x_BLC.dtype)
+
+
+def rotary(x_BLNH: jax.Array, positions_BL: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding, rotate-half layout (the first and second halves of H are the pairs)."""
+    head_dim = x_BLNH.shape[-1]
+    inverse_frequency = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BLh = positions_BL.astype(jnp.float32)[..., None] * inverse_frequency
+    angles_BL1H = jnp.concatenate([angles_BLh, angles_BLh], axis=-1)[:, :, None, :]
+    x32 = x_BLNH.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * jnp.cos(angles_BL1H) + rotated * jnp.sin(angles_BL1H)).astype(x_BLNH.dtype)
+
+
+def causal_mask(attention_mask_BL: jax.Array) -> jax.Array:
+    """bool [B, L, L]: each token attends to itself and the earlier tokens that are not padding."""
+    length = attention_mask_BL.shape[1]
+    return jnp.tril(jnp.ones((length, length), bool))[None] & attention_mask_BL.astype(bool)[:, None, :]
+
+
+class GemmaAttention(nn.Module):
+    config: GemmaConfig
+
+    @nn.compact
+    def __call__(self, x_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
+        config = self.config
+        batch, length, _ = x_BLC.shape
+
+        def project(name: str, heads: int) -> jax.Array:
+            dense = nn.Dense(heads * config.head_dim, use_bias=config.attention_bias, name=name)
+            return dense(x_BLC).reshape(batch, length, heads, config.head_dim)
+
+        query_BLNH = rotary(project("q_proj", config.num_heads), positions_BL, config.rope_theta)
+        key_BLKH = rotary(project("k_proj", config.num_kv_heads), positions_BL, config.rope_theta)
+        value_BLKH = project("v_proj", config.num_kv_heads)
+        attended_BLNH = jax.nn.dot_product_attention(query_BLNH, key_BLKH, value_BLKH, mask=mask_BLL[:, None])
+        output = nn.Dense(x_BLC.shape[-1], use_bias=config.attention_bias, name="o_proj")
+        return output(attended_BLNH.reshape(batch, length, config.num_heads * config.head_dim))
+
+
+class GemmaMLP(nn.Module):
+    config: GemmaConfig
+
+    @nn.compact
+    def __call__(self, x_BLC: jax.Array) -> jax.Array:
+        config = self.config
+        gate_BLF = ACTIVATIONS[config.hidden_act](nn.Dense(config.intermediate_size, use_bias=False, name="gate_proj")(x_BLC))
+        up_BLF = nn.Dense(config.intermediate_size, use_bias=False, name="up_proj")(x_BLC)
+        return nn.Dense(config.hidden_size, use_bias=False, name="down_proj")(gate_BLF * up_BLF)
+
+
+class GemmaDecoderLayer(nn.Module):
+    config: GemmaConfig
+
+    @nn.compact
+    def __call__(self, x_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
+        eps = self.config.rms_norm_eps
+        x_BLC = x_BLC + GemmaAttention(self.config, name="self_attn")(
+            RMSNorm(eps, name="input_layernorm")(x_BLC), positions_BL, mask_BLL)
+        return x_BLC + GemmaMLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_layernorm")(x_BLC))
+
+
+class GemmaModel(nn.Module):
+    """Embeddings (or given input embeddings, e.g. image tokens first) -> final-normed hidden states."""
+
+    config: GemmaConfig
+
+    def setup(self):
+        config = self.config
+        self.embed_tokens = nn.Embed(config.vocab_size, config.hidden_size)
+        self.layers = [GemmaDecoderLayer(config, name=f"layers_{index}") for index in range(config.num_layers)]
+        self.norm = RMSNorm(config.rms_norm_eps)
+
+    def embed(self, input_ids_BL: jax.Array) -> jax.Array:
+        embeddings_BLC = self.embed_tokens(input_ids_BL)
+        return embeddings_BLC * jnp.asarray(self.config.hidden_size**0.5, embeddings_BLC.dtype)
+
+    def __call__(self, embeddings_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
+        hidden_BLC = embeddings_BLC
+        for layer in self.layers:
+            hidden_BLC = layer(hidden_BLC, positions_BL, mask_BLL)
+        return self.norm(hidden_BLC)
+
+
+class GemmaForCausalLM(nn.Module):
+    config: GemmaConfig
+
+    def setup(self):
+        self.model = GemmaModel(self.config)
+        if not self.config.tie_word_embeddings:
+            self.lm_head = nn.Dense(self.config.vocab_size, use_bias=False)
+
+    def logits_from_hidden(self, hidden_BLC: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.attend(hidden_BLC)
+        return self.lm_head(hidden_BLC)
+
+    def __call__(self, input_ids_BL: jax.Array, attention_mask_BL: jax.Array) -> jax.Array:
+        """Causal logits [B, L, V] of right-padded token ids."""
+        check_text_inputs(input_ids_BL, attention_mask_BL, self.config.max_position_embeddings)
+        positions_BL = jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
+        hidden_BLC = self.model(self.model.embed(input_ids_BL), positions_BL, causal_mask(attention_mask_BL))
+        return self.logits_from_hidden(hidden_BLC)
