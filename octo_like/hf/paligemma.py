@@ -1,0 +1,77 @@
+"""PaliGemma from a directory written by transformers' `PaliGemmaForConditionalGeneration.save_pretrained`.
+
+    paligemma = load_paligemma("/path/to/paligemma-3b-pt-224")
+    logits_BLV = paligemma.logits(pixels_BHWC, input_ids_BL, attention_mask_BL, token_type_ids_BL)
+
+Tensor names differ between transformers versions and are all accepted: the vision tower under
+`vision_tower.vision_model.` (4.x) or `vision_tower.` (5.x files), or `model.vision_tower.`; the
+decoder under `language_model.model.` or `model.language_model.`; the projector under
+`multi_modal_projector.` or `model.multi_modal_projector.`. The lm_head is tied to the embedding.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+from octo_like.hf.files import load_flax_params, required_file
+from octo_like.hf.gemma import gemma_config_from_dict
+from octo_like.hf.siglip import siglip_vision_config_from_dict
+from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
+from octo_like.utils.errors import InputError
+
+_PREFIXES = {
+    "vision_tower": ("vision_tower.", "vision_tower.vision_model.", "model.vision_tower.", "model.vision_tower.vision_model."),
+    "multi_modal_projector": ("multi_modal_projector.", "model.multi_modal_projector."),
+    "language_model": ("language_model.model.", "model.language_model.", "language_model."),
+}
+
+
+def paligemma_config_from_hf(checkpoint_dir: str) -> PaliGemmaConfig:
+    path = required_file(checkpoint_dir, "config.json", "PaliGemma checkpoint")
+    with open(path) as file:
+        try:
+            raw = json.load(file)
+        except json.JSONDecodeError as error:
+            raise InputError(f"PaliGemma config '{path}' is not valid JSON: {error}") from None
+    if raw.get("model_type") != "paligemma":
+        raise InputError(f"PaliGemma config '{path}': model_type is '{raw.get('model_type')}', expected 'paligemma'")
+    # PaliGemma builds its own prefix-LM mask; the text config's bidirectional flag is about Gemma alone.
+    text = {key: value for key, value in raw.get("text_config", {}).items() if key != "use_bidirectional_attention"}
+    vision = {"vision_use_head": False, **raw.get("vision_config", {})}
+    image_token_id = raw.get("image_token_id", raw.get("image_token_index", 256000))
+    return PaliGemmaConfig(siglip_vision_config_from_dict(vision, path), gemma_config_from_dict(text, path), image_token_id)
+
+
+def paligemma_param_shapes(config: PaliGemmaConfig) -> dict:
+    vision = config.vision
+    pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(PaliGemma(config).init, jax.random.key(0), pixels, ids, ids)["params"]
+
+
+class LoadedPaliGemma:
+    def __init__(self, config: PaliGemmaConfig, params: dict):
+        self.config = config
+        self.params = params
+        self.module = PaliGemma(config)
+        self._apply = jax.jit(self.module.apply)
+
+    def logits(self, pixels_BHWC, input_ids_BL, attention_mask_BL, token_type_ids_BL=None) -> jax.Array:
+        check_image_tokens(input_ids_BL, self.config)
+        token_type_ids = None if token_type_ids_BL is None else jnp.asarray(token_type_ids_BL, jnp.int32)
+        return self._apply({"params": self.params}, jnp.asarray(pixels_BHWC), jnp.asarray(input_ids_BL, jnp.int32),
+                           jnp.asarray(attention_mask_BL, jnp.int32), token_type_ids)
+
+
+def load_paligemma(path: str, dtype=jnp.float32) -> LoadedPaliGemma:
+    """A PaliGemmaForConditionalGeneration directory: config.json and model.safetensors."""
+    config = paligemma_config_from_hf(path)
+    weights_path = required_file(path, "model.safetensors", "PaliGemma checkpoint")
+    shapes = paligemma_param_shapes(config)
+    params = {
+        part: load_flax_params(weights_path, shapes[part], prefixes=prefixes, ignored_suffixes=("position_ids",),
+                               dtype=dtype, what=f"PaliGemma checkpoint ({part})")
+        for part, prefixes in _PREFIXES.items()
+    }
+    return LoadedPaliGemma(config, params)
