@@ -62,3 +62,22 @@ def test_bad_inputs_and_checkpoints_fail_in_one_line(tmp_path):
     save_file(tensors, os.path.join(directory, "model.safetensors"))
     with pytest.raises(InputError, match=r"PaliGemma checkpoint \(multi_modal_projector\) .* missing tensors \[linear.bias\]"):
         load_paligemma(directory)
+
+
+def test_a_sharded_checkpoint_with_an_index_loads_the_same_model(tmp_path):
+    import json
+
+    directory = tmp_path / "paligemma"
+    shutil.copytree(FIXTURE, directory)
+    tensors = load_file(os.path.join(FIXTURE, "model.safetensors"))
+    os.remove(directory / "model.safetensors")
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, shard_names in shards.items():
+        save_file({name: tensors[name] for name in shard_names}, str(directory / shard))
+    weight_map = {name: shard for shard, shard_names in shards.items() for name in shard_names}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert max(differences(str(directory))) <= 1e-4
+    os.remove(directory / "model-00002-of-00002.safetensors")
+    with pytest.raises(InputError, match=r"shard '.*model-00002-of-00002.safetensors' named by '.*index.json' does not exist"):
+        load_paligemma(str(directory))

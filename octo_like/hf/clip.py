@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.hf.files import load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
 from octo_like.model.vision.clip import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,
@@ -104,9 +104,8 @@ def clip_param_shapes(config: CLIPConfig) -> dict:
 
 def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32) -> dict:
     """model.safetensors of a CLIPModel directory -> the Flax params of `CLIPModel(config)`."""
-    weights_path = required_file(checkpoint_dir, "model.safetensors", "CLIP checkpoint")
     # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
-    return load_flax_params(weights_path, clip_param_shapes(config), prefixes=("", "clip."),
+    return load_flax_params(CheckpointTensors(checkpoint_dir, "CLIP checkpoint"), clip_param_shapes(config), prefixes=("", "clip."),
                             ignored_suffixes=_UNUSED_SUFFIXES, dtype=dtype, what="CLIP checkpoint")
 
 

@@ -6,8 +6,10 @@ a tensor name mechanically: ("encoder", "layers_3", "self_attn", "q_proj", "kern
 and Conv2d weights [out, in, h, w] (Flax: [h, w, in, out]).
 """
 
+import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from safetensors import safe_open
 from octo_like.utils.errors import InputError
 
 MAX_NAMES_LISTED = 8
+INDEX_FILE = "model.safetensors.index.json"
 # Flax leaf name -> torch leaf name; kernels are transposed on the way.
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "in_proj_kernel": "in_proj_weight"}
 _TRANSPOSED_LEAVES = ("kernel", "in_proj_kernel")
@@ -52,33 +55,65 @@ def to_flax_layout(tensor: np.ndarray, flax_path: tuple[str, ...]) -> np.ndarray
     return tensor.T
 
 
-def load_flax_params(weights_path: str, param_shapes: dict, *, prefixes: Sequence[str] = ("",),
+class CheckpointTensors:
+    """The tensors of a checkpoint directory: model.safetensors, or the shards that
+    model.safetensors.index.json maps names to (as `save_pretrained` writes large models)."""
+
+    def __init__(self, directory: str, what: str = "checkpoint"):
+        index_path = os.path.join(directory, INDEX_FILE)
+        if os.path.isfile(index_path):
+            with open(index_path) as file:
+                try:
+                    weight_map = json.load(file)["weight_map"]
+                except (json.JSONDecodeError, KeyError) as error:
+                    raise InputError(f"{what} index '{index_path}' is not a safetensors index ({error}); expected a weight_map") from None
+            self.path = index_path
+            self._file_of = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
+            for shard in sorted(set(self._file_of.values())):
+                if not os.path.isfile(shard):
+                    raise InputError(f"{what} shard '{shard}' named by '{index_path}' does not exist")
+        else:
+            self.path = required_file(directory, "model.safetensors", what)
+            with safe_open(self.path, framework="numpy") as file:
+                self._file_of = {name: self.path for name in file.keys()}
+        self._open: dict[str, Any] = {}
+
+    def names(self) -> list[str]:
+        return list(self._file_of)
+
+    def get(self, name: str) -> np.ndarray:
+        path = self._file_of[name]
+        if path not in self._open:
+            self._open[path] = safe_open(path, framework="numpy")
+        return self._open[path].get_tensor(name)
+
+
+def load_flax_params(tensors: CheckpointTensors, param_shapes: dict, *, prefixes: Sequence[str] = ("",),
                      ignored_suffixes: tuple[str, ...] = (), dtype=jnp.float32, what: str = "checkpoint") -> dict:
-    """The tensors of a safetensors file as the Flax params `param_shapes` (a tree of shapes) describes.
+    """The checkpoint's tensors as the Flax params `param_shapes` (a tree of shapes) describes.
 
     Tensor names may carry one of `prefixes` (the first under which every expected tensor exists
     wins: transformers 4.x and 5.x, and models that wrap others, name the same tensor differently).
     Tensors under that prefix that the params do not use (other than `ignored_suffixes`) are
     unexpected; both lists, or a shape that disagrees, are one InputError."""
     expected = {torch_name(path): (path, shape) for path, shape in flatten_dict(param_shapes).items()}
-    with safe_open(weights_path, framework="numpy") as file:
-        names = list(file.keys())
-        candidates = [{name[len(prefix):]: name for name in names if name.startswith(prefix)} for prefix in prefixes]
-        stored = max(candidates, key=lambda candidate: (expected.keys() <= candidate.keys(), len(expected.keys() & candidate.keys())))
-        missing = sorted(expected.keys() - stored.keys())
-        unexpected = sorted(name for name in stored.keys() - expected.keys() if not name.endswith(ignored_suffixes))
-        if missing or unexpected:
+    names = tensors.names()
+    candidates = [{name[len(prefix):]: name for name in names if name.startswith(prefix)} for prefix in prefixes]
+    stored = max(candidates, key=lambda candidate: (expected.keys() <= candidate.keys(), len(expected.keys() & candidate.keys())))
+    missing = sorted(expected.keys() - stored.keys())
+    unexpected = sorted(name for name in stored.keys() - expected.keys() if not name.endswith(ignored_suffixes))
+    if missing or unexpected:
+        raise InputError(
+            f"{what} '{tensors.path}' does not match its config.json: "
+            f"missing tensors [{listed(missing)}]; unexpected tensors [{listed(unexpected)}]"
+        )
+    flat_params = {}
+    for name, (path, param) in expected.items():
+        tensor = to_flax_layout(tensors.get(stored[name]), path)
+        if tensor.shape != tuple(param.shape):
             raise InputError(
-                f"{what} '{weights_path}' does not match its config.json: "
-                f"missing tensors [{listed(missing)}]; unexpected tensors [{listed(unexpected)}]"
+                f"{what} '{tensors.path}': tensor {name} has shape {tensor.shape} in Flax layout, "
+                f"expected {tuple(param.shape)} from config.json"
             )
-        flat_params = {}
-        for name, (path, param) in expected.items():
-            tensor = to_flax_layout(file.get_tensor(stored[name]), path)
-            if tensor.shape != tuple(param.shape):
-                raise InputError(
-                    f"{what} '{weights_path}': tensor {name} has shape {tensor.shape} in Flax layout, "
-                    f"expected {tuple(param.shape)} from config.json"
-                )
-            flat_params[path] = jnp.asarray(tensor, dtype)
+        flat_params[path] = jnp.asarray(tensor, dtype)
     return unflatten_dict(flat_params)

@@ -14,7 +14,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
 from octo_like.model.language.gemma import GemmaConfig, GemmaForCausalLM
 from octo_like.utils.errors import InputError
 
@@ -71,10 +71,9 @@ class LoadedGemma:
 
 
 def load_gemma(path: str, dtype=jnp.float32) -> LoadedGemma:
-    """A GemmaForCausalLM directory: config.json and model.safetensors."""
+    """A GemmaForCausalLM directory: config.json and model.safetensors (or shards and their index)."""
     config = gemma_config_from_hf(path)
-    weights_path = required_file(path, "model.safetensors", "Gemma checkpoint")
     ignored = ("lm_head.weight",) if config.tie_word_embeddings else ()
-    params = load_flax_params(weights_path, gemma_param_shapes(config), ignored_suffixes=ignored, dtype=dtype,
+    params = load_flax_params(CheckpointTensors(path, "Gemma checkpoint"), gemma_param_shapes(config), ignored_suffixes=ignored, dtype=dtype,
                               what="Gemma checkpoint")
     return LoadedGemma(config, params)

@@ -14,7 +14,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
 from octo_like.hf.gemma import gemma_config_from_dict
 from octo_like.hf.siglip import siglip_vision_config_from_dict
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
@@ -65,12 +65,12 @@ class LoadedPaliGemma:
 
 
 def load_paligemma(path: str, dtype=jnp.float32) -> LoadedPaliGemma:
-    """A PaliGemmaForConditionalGeneration directory: config.json and model.safetensors."""
+    """A PaliGemmaForConditionalGeneration directory: config.json and model.safetensors (or shards and their index)."""
     config = paligemma_config_from_hf(path)
-    weights_path = required_file(path, "model.safetensors", "PaliGemma checkpoint")
+    tensors = CheckpointTensors(path, "PaliGemma checkpoint")
     shapes = paligemma_param_shapes(config)
     params = {
-        part: load_flax_params(weights_path, shapes[part], prefixes=prefixes, ignored_suffixes=("position_ids",),
+        part: load_flax_params(tensors, shapes[part], prefixes=prefixes, ignored_suffixes=("position_ids",),
                                dtype=dtype, what=f"PaliGemma checkpoint ({part})")
         for part, prefixes in _PREFIXES.items()
     }

@@ -13,7 +13,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
 from octo_like.model.vision.siglip import SiglipVisionConfig, SiglipVisionTransformer
 from octo_like.utils.errors import InputError
 
@@ -82,11 +82,10 @@ class LoadedSiglipVision:
 
 
 def load_siglip_vision(path: str, dtype=jnp.float32) -> LoadedSiglipVision:
-    """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors."""
+    """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors (or shards and their index)."""
     config = siglip_vision_config_from_hf(path)
-    weights_path = required_file(path, "model.safetensors", "SigLIP checkpoint")
     # A SiglipModel also holds the text tower and logit scale/bias: only `vision_model.*` is read.
     prefixes = VISION_PREFIXES[1:] if _read_config(path)[1].get("model_type") == "siglip" else VISION_PREFIXES
-    params = load_flax_params(weights_path, siglip_vision_param_shapes(config), prefixes=prefixes,
+    params = load_flax_params(CheckpointTensors(path, "SigLIP checkpoint"), siglip_vision_param_shapes(config), prefixes=prefixes,
                               ignored_suffixes=("position_ids",), dtype=dtype, what="SigLIP checkpoint")
     return LoadedSiglipVision(config, params)
