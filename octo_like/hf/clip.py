@@ -11,7 +11,6 @@ the way transformers reads it: `save_pretrained` leaves out values equal to the 
 those defaults fill what is missing. Tensor names and layouts map as `octo_like/hf/files.py` says.
 """
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -19,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config, read_json, square_size
 from octo_like.model.vision.clip import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,
@@ -46,29 +45,9 @@ _TOWER_FIELDS = dict(hidden_size="hidden_size", num_layers="num_hidden_layers", 
 _UNUSED_SUFFIXES = ("embeddings.position_ids",)
 
 
-def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{what} '{path}' is not valid JSON: {error}") from None
-
-
-def _square(value, key: str, path: str) -> int:
-    """transformers accepts an int or an (h, w) pair for image_size / patch_size; the towers are square."""
-    if isinstance(value, list | tuple):
-        if len(value) != 2 or value[0] != value[1]:
-            raise InputError(f"CLIP config '{path}': vision_config.{key} is {value}; expected one size (square)")
-        value = value[0]
-    return int(value)
-
-
 def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
     """config.json (+ preprocessor_config.json when present) of a CLIPModel directory -> CLIPConfig."""
-    path = required_file(checkpoint_dir, "config.json", "CLIP checkpoint")
-    raw = _read_json(path, "CLIP config")
-    if raw.get("model_type", "clip") != "clip":
-        raise InputError(f"CLIP config '{path}': model_type is '{raw['model_type']}', expected 'clip'")
+    path, raw = read_config(checkpoint_dir, "CLIP", ("clip",))
     text = {**_TEXT_DEFAULTS, **(raw.get("text_config") or raw.get("text_config_dict") or {})}
     vision = {**_VISION_DEFAULTS, **(raw.get("vision_config") or raw.get("vision_config_dict") or {})}
     eos = text["eos_token_id"]
@@ -77,13 +56,13 @@ def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
     mean, std = OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD
     preprocessor_path = os.path.join(checkpoint_dir, "preprocessor_config.json")
     if os.path.isfile(preprocessor_path):
-        preprocessor = _read_json(preprocessor_path, "CLIP preprocessor config")
+        preprocessor = read_json(preprocessor_path, "CLIP preprocessor config")
         mean, std = tuple(preprocessor.get("image_mean", mean)), tuple(preprocessor.get("image_std", std))
     return CLIPConfig(
         vision=CLIPVisionConfig(
             **{field: vision[key] for field, key in _TOWER_FIELDS.items()},
-            image_size=_square(vision["image_size"], "image_size", path),
-            patch_size=_square(vision["patch_size"], "patch_size", path),
+            image_size=square_size(vision["image_size"], "vision_config.image_size", f"CLIP config '{path}'"),
+            patch_size=square_size(vision["patch_size"], "vision_config.patch_size", f"CLIP config '{path}'"),
             num_channels=vision["num_channels"], image_mean=mean, image_std=std,
         ),
         text=CLIPTextConfig(

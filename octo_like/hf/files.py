@@ -35,6 +35,35 @@ def required_file(directory: str, name: str, what: str = "checkpoint") -> str:
     return path
 
 
+def read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{what} '{path}' is not valid JSON: {error}") from None
+
+
+def read_config(checkpoint_dir: str, family: str, model_types: Sequence[str]) -> tuple[str, dict]:
+    """(path, contents) of the directory's config.json, whose model_type (the first of `model_types`
+    when absent) must be one of `model_types`."""
+    path = required_file(checkpoint_dir, "config.json", f"{family} checkpoint")
+    raw = read_json(path, f"{family} config")
+    model_type = raw.setdefault("model_type", model_types[0])
+    if model_type not in model_types:
+        expected = f"'{model_types[0]}'" if len(model_types) == 1 else f"one of {', '.join(model_types)}"
+        raise InputError(f"{family} config '{path}': model_type is '{model_type}', expected {expected}")
+    return path, raw
+
+
+def square_size(value, key: str, where: str) -> int:
+    """transformers accepts an int or an (h, w) pair for image_size / patch_size; the towers here are square."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or value[0] != value[1]:
+            raise InputError(f"{where}: {key} is {value}; expected one size (square)")
+        value = value[0]
+    return int(value)
+
+
 def listed(names: Sequence[str]) -> str:
     """The first few names, comma-separated, and how many more (for one-line mismatch errors)."""
     shown = ", ".join(names[:MAX_NAMES_LISTED])

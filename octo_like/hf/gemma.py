@@ -9,12 +9,10 @@ approximation, as transformers reads it. With tied embeddings (Gemma's default) 
 `lm_head.weight` is ignored.
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config
 from octo_like.model.language.gemma import GemmaConfig, GemmaForCausalLM
 from octo_like.utils.errors import InputError
 
@@ -43,14 +41,7 @@ def gemma_config_from_dict(raw: dict, where: str) -> GemmaConfig:
 
 
 def gemma_config_from_hf(checkpoint_dir: str) -> GemmaConfig:
-    path = required_file(checkpoint_dir, "config.json", "Gemma checkpoint")
-    with open(path) as file:
-        try:
-            raw = json.load(file)
-        except json.JSONDecodeError as error:
-            raise InputError(f"Gemma config '{path}' is not valid JSON: {error}") from None
-    if raw.get("model_type", "gemma") != "gemma":
-        raise InputError(f"Gemma config '{path}': model_type is '{raw['model_type']}', expected 'gemma'")
+    path, raw = read_config(checkpoint_dir, "Gemma", ("gemma",))
     return gemma_config_from_dict(raw, path)
 
 

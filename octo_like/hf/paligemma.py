@@ -9,16 +9,13 @@ decoder under `language_model.model.` or `model.language_model.`; the projector 
 `multi_modal_projector.` or `model.multi_modal_projector.`. The lm_head is tied to the embedding.
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config
 from octo_like.hf.gemma import gemma_config_from_dict
 from octo_like.hf.siglip import siglip_vision_config_from_dict
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
-from octo_like.utils.errors import InputError
 
 _PREFIXES = {
     "vision_tower": ("vision_tower.", "vision_tower.vision_model.", "model.vision_tower.", "model.vision_tower.vision_model."),
@@ -28,14 +25,7 @@ _PREFIXES = {
 
 
 def paligemma_config_from_hf(checkpoint_dir: str) -> PaliGemmaConfig:
-    path = required_file(checkpoint_dir, "config.json", "PaliGemma checkpoint")
-    with open(path) as file:
-        try:
-            raw = json.load(file)
-        except json.JSONDecodeError as error:
-            raise InputError(f"PaliGemma config '{path}' is not valid JSON: {error}") from None
-    if raw.get("model_type") != "paligemma":
-        raise InputError(f"PaliGemma config '{path}': model_type is '{raw.get('model_type')}', expected 'paligemma'")
+    path, raw = read_config(checkpoint_dir, "PaliGemma", ("paligemma",))
     # PaliGemma builds its own prefix-LM mask; the text config's bidirectional flag is about Gemma alone.
     text = {key: value for key, value in raw.get("text_config", {}).items() if key != "use_bidirectional_attention"}
     vision = {"vision_use_head": False, **raw.get("vision_config", {})}

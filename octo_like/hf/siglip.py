@@ -8,14 +8,11 @@ transformers 4.x writes a SiglipVisionModel's tensors under `vision_model.`, 5.x
 both load. Values config.json leaves out take transformers' SiglipVisionConfig defaults.
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 
-from octo_like.hf.files import CheckpointTensors, load_flax_params, required_file
+from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config, square_size
 from octo_like.model.vision.siglip import SiglipVisionConfig, SiglipVisionTransformer
-from octo_like.utils.errors import InputError
 
 # transformers' SiglipVisionConfig defaults (what save_pretrained omits).
 _VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -29,14 +26,7 @@ VISION_PREFIXES = ("", "vision_model.")
 def siglip_vision_config_from_dict(raw: dict, where: str) -> SiglipVisionConfig:
     """A transformers vision config dict (possibly with omitted defaults) -> SiglipVisionConfig."""
     vision = {**_VISION_DEFAULTS, **raw}
-    sizes = {}
-    for key in ("image_size", "patch_size"):
-        value = vision[key]
-        if isinstance(value, list | tuple):
-            if len(value) != 2 or value[0] != value[1]:
-                raise InputError(f"SigLIP config '{where}': {key} is {value}; expected one size (square)")
-            value = value[0]
-        sizes[key] = int(value)
+    sizes = {key: square_size(vision[key], key, f"SigLIP config '{where}'") for key in ("image_size", "patch_size")}
     config = SiglipVisionConfig(
         hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
         intermediate_size=vision["intermediate_size"], hidden_act=vision["hidden_act"],
@@ -47,21 +37,8 @@ def siglip_vision_config_from_dict(raw: dict, where: str) -> SiglipVisionConfig:
     return config
 
 
-def _read_config(checkpoint_dir: str) -> tuple[str, dict]:
-    path = required_file(checkpoint_dir, "config.json", "SigLIP checkpoint")
-    with open(path) as file:
-        try:
-            raw = json.load(file)
-        except json.JSONDecodeError as error:
-            raise InputError(f"SigLIP config '{path}' is not valid JSON: {error}") from None
-    model_type = raw.get("model_type", "siglip_vision_model")
-    if model_type not in _MODEL_TYPES:
-        raise InputError(f"SigLIP config '{path}': model_type is '{model_type}', expected one of {', '.join(_MODEL_TYPES)}")
-    return path, raw
-
-
 def siglip_vision_config_from_hf(checkpoint_dir: str) -> SiglipVisionConfig:
-    path, raw = _read_config(checkpoint_dir)
+    path, raw = read_config(checkpoint_dir, "SigLIP", _MODEL_TYPES)
     return siglip_vision_config_from_dict(raw.get("vision_config", {}) if raw.get("model_type") == "siglip" else raw, path)
 
 
@@ -85,7 +62,7 @@ def load_siglip_vision(path: str, dtype=jnp.float32) -> LoadedSiglipVision:
     """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors (or shards and their index)."""
     config = siglip_vision_config_from_hf(path)
     # A SiglipModel also holds the text tower and logit scale/bias: only `vision_model.*` is read.
-    prefixes = VISION_PREFIXES[1:] if _read_config(path)[1].get("model_type") == "siglip" else VISION_PREFIXES
+    prefixes = VISION_PREFIXES[1:] if read_config(path, "SigLIP", _MODEL_TYPES)[1]["model_type"] == "siglip" else VISION_PREFIXES
     params = load_flax_params(CheckpointTensors(path, "SigLIP checkpoint"), siglip_vision_param_shapes(config), prefixes=prefixes,
                               ignored_suffixes=("position_ids",), dtype=dtype, what="SigLIP checkpoint")
     return LoadedSiglipVision(config, params)
