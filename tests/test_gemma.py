@@ -54,3 +54,22 @@ def test_a_stored_tied_lm_head_is_ignored_and_a_missing_tensor_is_named(tmp_path
     save_file(tensors, os.path.join(directory, "model.safetensors"))
     with pytest.raises(InputError, match=r"missing tensors \[model.norm.weight\]; unexpected tensors \[\]"):
         load_gemma(directory)
+
+
+def test_greedy_decoding_with_the_kv_cache_equals_rerunning_the_sequence():
+    from octo_like.model.language.gemma import GemmaForCausalLM
+
+    reference = np.load(os.path.join(FIXTURE, "reference.npz"))
+    gemma = load_gemma(FIXTURE)
+    ids, mask = jnp.asarray(reference["input_ids"]), jnp.asarray(reference["attention_mask"])  # rows of 10, 6 and 3 tokens
+
+    def decode(use_cache):
+        return jax.jit(lambda params: gemma.module.apply({"params": params}, ids, mask, 6, use_cache,
+                                                         method=GemmaForCausalLM.greedy_decode))(gemma.params)
+
+    cached, rerun = decode(True), decode(False)
+    assert cached.shape == (3, 6)
+    np.testing.assert_array_equal(cached, rerun)
+    # The first token is the argmax of transformers' logits at each prompt's last real token.
+    last = reference["attention_mask"].sum(1) - 1
+    np.testing.assert_array_equal(cached[:, 0], reference["logits"][np.arange(3), last].argmax(-1))

@@ -83,6 +83,6 @@ class PaliGemma(nn.Module):
         """Logits [B, L, V] (tied embeddings)."""
         check_text_inputs(input_ids_BL, attention_mask_BL, self.config.text.max_position_embeddings)
         positions_BL = jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]) + 1, input_ids_BL.shape)
-        hidden_BLC = self.language_model(self.embed(pixels_BHWC, input_ids_BL), positions_BL,
-                                         prefix_lm_mask(attention_mask_BL, token_type_ids_BL))
+        hidden_BLC, _ = self.language_model(self.embed(pixels_BHWC, input_ids_BL), positions_BL,
+                                            prefix_lm_mask(attention_mask_BL, token_type_ids_BL))
         return self.language_model.embed_tokens.attend(hidden_BLC)

@@ -85,10 +85,13 @@ def causal_mask(attention_mask_BL: jax.Array) -> jax.Array:
 
 
 class GemmaAttention(nn.Module):
+    """Attention of L new tokens; with a KV cache (keys/values [B, S, K, H]) they are written at
+    `cache_index` and the queries attend the whole cache (mask [B, L, S]); else mask [B, L, L]."""
+
     config: GemmaConfig
 
     @nn.compact
-    def __call__(self, x_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
+    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
         config = self.config
         batch, length, _ = x_BLC.shape
 
@@ -99,9 +102,14 @@ class GemmaAttention(nn.Module):
         query_BLNH = rotary(project("q_proj", config.num_heads), positions_BL, config.rope_theta)
         key_BLKH = rotary(project("k_proj", config.num_kv_heads), positions_BL, config.rope_theta)
         value_BLKH = project("v_proj", config.num_kv_heads)
-        attended_BLNH = jax.nn.dot_product_attention(query_BLNH, key_BLKH, value_BLKH, mask=mask_BLL[:, None])
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key_BLKH.astype(cache["key"].dtype), start),
+                     "value": jax.lax.dynamic_update_slice(cache["value"], value_BLKH.astype(cache["value"].dtype), start)}
+            key_BLKH, value_BLKH = cache["key"], cache["value"]
+        attended_BLNH = jax.nn.dot_product_attention(query_BLNH, key_BLKH, value_BLKH, mask=mask_BLS[:, None])
         output = nn.Dense(x_BLC.shape[-1], use_bias=config.attention_bias, name="o_proj")
-        return output(attended_BLNH.reshape(batch, length, config.num_heads * config.head_dim))
+        return output(attended_BLNH.reshape(batch, length, config.num_heads * config.head_dim)), cache
 
 
 class GemmaMLP(nn.Module):
@@ -119,11 +127,12 @@ class GemmaDecoderLayer(nn.Module):
     config: GemmaConfig
 
     @nn.compact
-    def __call__(self, x_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
+    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
         eps = self.config.rms_norm_eps
-        x_BLC = x_BLC + GemmaAttention(self.config, name="self_attn")(
-            RMSNorm(eps, name="input_layernorm")(x_BLC), positions_BL, mask_BLL)
-        return x_BLC + GemmaMLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_layernorm")(x_BLC))
+        attended_BLC, cache = GemmaAttention(self.config, name="self_attn")(
+            RMSNorm(eps, name="input_layernorm")(x_BLC), positions_BL, mask_BLS, cache, cache_index)
+        x_BLC = x_BLC + attended_BLC
+        return x_BLC + GemmaMLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_layernorm")(x_BLC)), cache
 
 
 class GemmaModel(nn.Module):
@@ -141,11 +150,18 @@ class GemmaModel(nn.Module):
         embeddings_BLC = self.embed_tokens(input_ids_BL)
         return embeddings_BLC * jnp.asarray(self.config.hidden_size**0.5, embeddings_BLC.dtype)
 
-    def __call__(self, embeddings_BLC: jax.Array, positions_BL: jax.Array, mask_BLL: jax.Array) -> jax.Array:
-        hidden_BLC = embeddings_BLC
-        for layer in self.layers:
-            hidden_BLC = layer(hidden_BLC, positions_BL, mask_BLL)
-        return self.norm(hidden_BLC)
+    def __call__(self, embeddings_BLC, positions_BL, mask_BLS, caches=None, cache_index=None):
+        """(final-normed hidden states, the updated per-layer KV caches or None)."""
+        hidden_BLC, new_caches = embeddings_BLC, []
+        for index, layer in enumerate(self.layers):
+            hidden_BLC, cache = layer(hidden_BLC, positions_BL, mask_BLS, None if caches is None else caches[index], cache_index)
+            new_caches.append(cache)
+        return self.norm(hidden_BLC), (None if caches is None else new_caches)
+
+    def empty_caches(self, batch: int, length: int, dtype=jnp.float32) -> list[dict]:
+        config = self.config
+        shape = (batch, length, config.num_kv_heads, config.head_dim)
+        return [{"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)]
 
 
 class GemmaForCausalLM(nn.Module):
@@ -165,5 +181,46 @@ class GemmaForCausalLM(nn.Module):
         """Causal logits [B, L, V] of right-padded token ids."""
         check_text_inputs(input_ids_BL, attention_mask_BL, self.config.max_position_embeddings)
         positions_BL = jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]), input_ids_BL.shape)
-        hidden_BLC = self.model(self.model.embed(input_ids_BL), positions_BL, causal_mask(attention_mask_BL))
+        hidden_BLC, _ = self.model(self.model.embed(input_ids_BL), positions_BL, causal_mask(attention_mask_BL))
         return self.logits_from_hidden(hidden_BLC)
+
+    def greedy_decode(self, input_ids_BL, attention_mask_BL, num_tokens: int, use_cache: bool = True):
+        """The next `num_tokens` greedy tokens [B, num_tokens] after each (right-padded) prompt.
+
+        With the cache, the prompt is run once and every new token attends the cached keys and
+        values (one token per step); without it, every step reruns the whole sequence, which is
+        the reference the cache must equal (and what `bench.py` compares it with)."""
+        batch, prompt_length = input_ids_BL.shape
+        total = prompt_length + num_tokens
+        lengths_B = attention_mask_BL.astype(jnp.int32).sum(axis=1)  # each prompt's own end
+        # Generated tokens go right after each prompt's last real token: a per-row index into a
+        # sequence of `total` slots (padding slots stay masked).
+        ids_BS = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_length].set(input_ids_BL)
+        valid_BS = jnp.zeros((batch, total), bool).at[:, :prompt_length].set(attention_mask_BL.astype(bool))
+        rows = jnp.arange(batch)
+        if not use_cache:
+            tokens = []
+            for step in range(num_tokens):
+                logits_BSV = self(ids_BS, valid_BS.astype(jnp.int32))
+                token_B = jnp.argmax(logits_BSV[rows, lengths_B + step - 1], axis=-1).astype(jnp.int32)
+                ids_BS = ids_BS.at[rows, lengths_B + step].set(token_B)
+                valid_BS = valid_BS.at[rows, lengths_B + step].set(True)
+                tokens.append(token_B)
+            return jnp.stack(tokens, axis=1)
+        caches = self.model.empty_caches(batch, total, self.model.embed_tokens.embedding.dtype)
+        positions_BS = jnp.broadcast_to(jnp.arange(total), (batch, total))
+        mask_BLS = causal_mask(valid_BS)[:, :prompt_length]
+        hidden_BLC, caches = self.model(self.model.embed(input_ids_BL), positions_BS[:, :prompt_length], mask_BLS, caches, 0)
+        token_B = jnp.argmax(self.logits_from_hidden(hidden_BLC[rows, lengths_B - 1]), axis=-1).astype(jnp.int32)
+        tokens = [token_B]
+        for step in range(1, num_tokens):
+            # The new token sits at slot prompt_length + step - 1 of the cache but at position
+            # lengths_B + step - 1 of its row; it sees the row's real prompt and the tokens before it.
+            slot = prompt_length + step - 1
+            valid_BS = valid_BS.at[:, slot].set(True)
+            seen_B1S = (valid_BS & (jnp.arange(total) <= slot))[:, None, :]
+            positions_B1 = (lengths_B + step - 1)[:, None]
+            hidden_B1C, caches = self.model(self.model.embed(token_B[:, None]), positions_B1, seen_B1S, caches, slot)
+            token_B = jnp.argmax(self.logits_from_hidden(hidden_B1C[:, 0]), axis=-1).astype(jnp.int32)
+            tokens.append(token_B)
+        return jnp.stack(tokens, axis=1)
