@@ -8,6 +8,7 @@
         --config.dataset.frame_transform_kwargs.resize_size.wrist='(224,224)'
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py scale \
         --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
+    python scripts/bench.py decode [--gemma_size tiny|2B] [--prompt_length 64] [--new_tokens 8] [--dtype bfloat16]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
@@ -29,6 +30,10 @@ names its size and image resolution (a ViT-B/16 CLIP as above: random weights, t
 optimizer state under the default FSDP rule (expected to fall as about 1/N for the sharded
 part), their ratio to N = 1, and train steps/s on that mesh. On a CPU, force devices with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
+
+`decode`: greedy decoding of a randomly initialized Gemma (`--gemma_size`, `--dtype`) after a
+`--prompt_length` prompt, `--new_tokens` tokens per call, with the KV cache and without it
+(rerunning the whole sequence per token), tokens/s side by side and their ratio.
 
 `env`: Meta-World simulation speed, each figure the mean over `--tasks`: frames/s of one camera
 rendered as MetaWorldEnv renders (no multisampling, shadows or reflections) and, side by side, by
@@ -60,7 +65,11 @@ _INFER_HEADS = flags.DEFINE_string(
 )
 _FSDP_SIZES = flags.DEFINE_list("fsdp_sizes", ["1", "2", "4", "8"], "scale: fsdp axis sizes to compare.")
 _COMPUTE_DTYPES = flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"], "train: compute dtypes to compare.")
-BENCHMARKS = ("data", "env", "train", "infer", "scale")
+_GEMMA_SIZE = flags.DEFINE_string("gemma_size", "tiny", "decode: Gemma size (GEMMA_SIZES), randomly initialized.")
+_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 64, "decode: prompt tokens (PaliGemma: 256 image tokens + text).")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
+BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -334,6 +343,34 @@ def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
     return result
 
 
+def bench_decode(size: str, prompt_length: int, new_tokens: int, dtype_name: str, seconds: float) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from octo_like.model.language.gemma import GEMMA_SIZES, GemmaForCausalLM
+
+    if size not in GEMMA_SIZES or dtype_name not in ("float32", "bfloat16"):
+        raise InputError(f"--gemma_size={size} --dtype={dtype_name}; expected one of {', '.join(GEMMA_SIZES)} and float32 or bfloat16")
+    if prompt_length < 1 or new_tokens < 1:
+        raise InputError(f"--prompt_length={prompt_length} --new_tokens={new_tokens}; expected positive numbers")
+    config = GEMMA_SIZES[size]
+    module = GemmaForCausalLM(config)
+    ids = jax.random.randint(jax.random.key(0), (1, prompt_length), 0, config.vocab_size)
+    mask = jnp.ones_like(ids)
+    params = jax.jit(module.init)(jax.random.key(1), ids, mask)["params"]
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.dtype(dtype_name)), params)
+    results = {}
+    for use_cache in (True, False):
+        decode = jax.jit(lambda params: module.apply({"params": params}, ids, mask, new_tokens, use_cache,
+                                                     method=GemmaForCausalLM.greedy_decode))
+        calls = calls_per_second(lambda: jax.block_until_ready(decode(params)), seconds, warmup=1)
+        results["with_cache" if use_cache else "without_cache"] = {"calls_per_s": calls, "tokens_per_s": calls * new_tokens}
+    return {"benchmark": "decode", "device": str(jax.devices()[0]), "gemma_size": size, "dtype": dtype_name,
+            "parameters": sum(x.size for x in jax.tree_util.tree_leaves(params)), "prompt_length": prompt_length,
+            "new_tokens": new_tokens, **results,
+            "cache_speedup": results["with_cache"]["tokens_per_s"] / results["without_cache"]["tokens_per_s"]}
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in BENCHMARKS:
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
@@ -349,6 +386,8 @@ def main(argv):
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":
         result = bench_infer(_CONFIG.value.to_dict(), _INFER_HEADS.value.split(","), _SECONDS.value)
+    elif argv[1] == "decode":
+        result = bench_decode(_GEMMA_SIZE.value, _PROMPT_LENGTH.value, _NEW_TOKENS.value, _DTYPE.value, _SECONDS.value)
     else:
         if _IMAGE_SIZE.value < 1:
             raise InputError(f"--image_size={_IMAGE_SIZE.value}; expected a positive number of pixels")

@@ -49,3 +49,11 @@ def test_infer_benchmark_names_the_clip_of_a_text_aware_policy(synthetic_data_di
     assert infer["clip"] == {"size": "tiny", "checkpoint": clip_dir, "image_size": 32, "patch_size": 8,
                              "vision_layers": 2, "vision_width": 48}
     assert infer["results"][0]["head"] == "l1" and infer["results"][0]["p50_ms"] > 0
+
+
+def test_decode_benchmark_compares_the_kv_cache_with_rerunning():
+    decode = bench("decode", "--gemma_size=tiny", "--prompt_length=8", "--new_tokens=3")
+    assert decode["parameters"] > 0 and decode["new_tokens"] == 3
+    for mode in ("with_cache", "without_cache"):
+        assert decode[mode]["tokens_per_s"] == decode[mode]["calls_per_s"] * 3 > 0
+    assert decode["cache_speedup"] == decode["with_cache"]["tokens_per_s"] / decode["without_cache"]["tokens_per_s"]

@@ -48,8 +48,10 @@ class GemmaConfig:
             raise InputError(f"Gemma num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
 
 
-# google/gemma-2b (PaliGemma's decoder: multi-query attention, head size 256).
+# google/gemma-2b (PaliGemma's decoder: multi-query attention, head size 256), and a CPU-sized `tiny`.
 GEMMA_SIZES = {
+    "tiny": GemmaConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=64,
+                        intermediate_size=1024),
     "2B": GemmaConfig(vocab_size=257216, hidden_size=2048, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
                       intermediate_size=16384),
 }
