@@ -92,26 +92,35 @@ class GemmaAttention(nn.Module):
 
     config: GemmaConfig
 
-    @nn.compact
-    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
+    def setup(self):
+        config = self.config
+        bias = config.attention_bias
+        self.q_proj = nn.Dense(config.num_heads * config.head_dim, use_bias=bias)
+        self.k_proj = nn.Dense(config.num_kv_heads * config.head_dim, use_bias=bias)
+        self.v_proj = nn.Dense(config.num_kv_heads * config.head_dim, use_bias=bias)
+        self.o_proj = nn.Dense(config.hidden_size, use_bias=bias)
+
+    def project(self, x_BLC: jax.Array, positions_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(queries [B, L, N, H], keys [B, L, K, H], values [B, L, K, H]), RoPE applied."""
         config = self.config
         batch, length, _ = x_BLC.shape
+        query_BLNH = self.q_proj(x_BLC).reshape(batch, length, config.num_heads, config.head_dim)
+        key_BLKH = self.k_proj(x_BLC).reshape(batch, length, config.num_kv_heads, config.head_dim)
+        value_BLKH = self.v_proj(x_BLC).reshape(batch, length, config.num_kv_heads, config.head_dim)
+        return rotary(query_BLNH, positions_BL, config.rope_theta), rotary(key_BLKH, positions_BL, config.rope_theta), value_BLKH
 
-        def project(name: str, heads: int) -> jax.Array:
-            dense = nn.Dense(heads * config.head_dim, use_bias=config.attention_bias, name=name)
-            return dense(x_BLC).reshape(batch, length, heads, config.head_dim)
+    def output(self, attended_BLNH: jax.Array) -> jax.Array:
+        return self.o_proj(attended_BLNH.reshape(*attended_BLNH.shape[:2], -1))
 
-        query_BLNH = rotary(project("q_proj", config.num_heads), positions_BL, config.rope_theta)
-        key_BLKH = rotary(project("k_proj", config.num_kv_heads), positions_BL, config.rope_theta)
-        value_BLKH = project("v_proj", config.num_kv_heads)
+    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
+        query_BLNH, key_BLKH, value_BLKH = self.project(x_BLC, positions_BL)
         if cache is not None:
             start = (0, cache_index, 0, 0)
             cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key_BLKH.astype(cache["key"].dtype), start),
                      "value": jax.lax.dynamic_update_slice(cache["value"], value_BLKH.astype(cache["value"].dtype), start)}
             key_BLKH, value_BLKH = cache["key"], cache["value"]
         attended_BLNH = jax.nn.dot_product_attention(query_BLNH, key_BLKH, value_BLKH, mask=mask_BLS[:, None])
-        output = nn.Dense(x_BLC.shape[-1], use_bias=config.attention_bias, name="o_proj")
-        return output(attended_BLNH.reshape(batch, length, config.num_heads * config.head_dim)), cache
+        return self.output(attended_BLNH), cache
 
 
 class GemmaMLP(nn.Module):
@@ -126,15 +135,29 @@ class GemmaMLP(nn.Module):
 
 
 class GemmaDecoderLayer(nn.Module):
+    """A block; `qkv` and `after_attention` split it around the attention, so that two token
+    streams with their own weights can attend jointly (the pi0 action expert)."""
+
     config: GemmaConfig
 
-    @nn.compact
-    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
+    def setup(self):
         eps = self.config.rms_norm_eps
-        attended_BLC, cache = GemmaAttention(self.config, name="self_attn")(
-            RMSNorm(eps, name="input_layernorm")(x_BLC), positions_BL, mask_BLS, cache, cache_index)
+        self.input_layernorm = RMSNorm(eps)
+        self.self_attn = GemmaAttention(self.config)
+        self.post_attention_layernorm = RMSNorm(eps)
+        self.mlp = GemmaMLP(self.config)
+
+    def qkv(self, x_BLC: jax.Array, positions_BL: jax.Array):
+        return self.self_attn.project(self.input_layernorm(x_BLC), positions_BL)
+
+    def after_attention(self, x_BLC: jax.Array, attended_BLNH: jax.Array) -> jax.Array:
+        x_BLC = x_BLC + self.self_attn.output(attended_BLNH)
+        return x_BLC + self.mlp(self.post_attention_layernorm(x_BLC))
+
+    def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
+        attended_BLC, cache = self.self_attn(self.input_layernorm(x_BLC), positions_BL, mask_BLS, cache, cache_index)
         x_BLC = x_BLC + attended_BLC
-        return x_BLC + GemmaMLP(self.config, name="mlp")(RMSNorm(eps, name="post_attention_layernorm")(x_BLC)), cache
+        return x_BLC + self.mlp(self.post_attention_layernorm(x_BLC)), cache
 
 
 class GemmaModel(nn.Module):
