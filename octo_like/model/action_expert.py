@@ -1,0 +1,206 @@
+"""A pi0-style action expert: a second, smaller Gemma whose tokens join the VLM's attention in every layer.
+
+Axis letters: B batch, P prefix tokens (image + language), S suffix tokens (1 proprio + H actions),
+C VLM width, E expert width, N heads, K key/value heads, G head size, H horizon, A action dims.
+
+Both stacks have the same number of layers and the same attention geometry (heads, key/value heads,
+head size), so in layer l the queries of each stream attend the keys and values of both streams,
+each stream with its own projections, norms and MLPs (openpi's mixture of transformers). The
+prefix never attends the suffix (prefix-LM among itself); the proprio token attends the prefix and
+itself; the action tokens attend the prefix, the proprio token and every action token. The prefix
+keys and values therefore do not depend on the suffix: inference computes them once (`prefix_cache`)
+and runs only the suffix in each of the Euler steps.
+
+Flow matching in pi0's convention: x_t = t * noise + (1 - t) * actions, the network predicts the
+velocity noise - actions, t ~ Beta(1.5, 1) (mostly noisy times) kept in [0.001, 1]; sampling goes
+from t = 1 to 0 in `num_steps` Euler steps. The time enters each action token: concat(action
+embedding, sin-cos time embedding) -> Dense -> swish -> Dense.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from octo_like.model.language.gemma import GemmaConfig, GemmaDecoderLayer, RMSNorm
+from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
+from octo_like.utils.errors import InputError
+
+
+def check_expert_geometry(vlm: GemmaConfig, expert: GemmaConfig) -> None:
+    for field in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
+        if getattr(vlm, field) != getattr(expert, field):
+            raise InputError(f"action expert {field}={getattr(expert, field)} must equal the VLM's {getattr(vlm, field)}: "
+                             "both streams attend jointly in every layer")
+
+
+def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon: int) -> jax.Array:
+    """bool [B, P + S, P + S] of the joint sequence (S = 1 + horizon)."""
+    batch, prefix = prefix_valid_BP.shape
+    suffix = 1 + horizon
+    is_action_S = jnp.arange(suffix) > 0
+    # Suffix queries: every valid prefix key; proprio sees itself; actions see proprio and all actions.
+    suffix_to_suffix_SS = (jnp.arange(suffix)[:, None] == jnp.arange(suffix)[None, :]) | (is_action_S[:, None] & jnp.ones((suffix,), bool)[None, :])
+    top_BPX = jnp.concatenate([prefix_mask_BPP, jnp.zeros((batch, prefix, suffix), bool)], axis=2)
+    bottom_BSX = jnp.concatenate([jnp.broadcast_to(prefix_valid_BP[:, None, :], (batch, suffix, prefix)),
+                                  jnp.broadcast_to(suffix_to_suffix_SS[None], (batch, suffix, suffix))], axis=2)
+    return jnp.concatenate([top_BPX, bottom_BSX], axis=1)
+
+
+def time_features(time_B: jax.Array, width: int) -> jax.Array:
+    """Sin-cos features [B, width] of t in [0, 1] over periods from 4e-3 to 4 (openpi's range)."""
+    fraction = jnp.linspace(0.0, 1.0, width // 2)
+    period = 4e-3 * (4.0 / 4e-3) ** fraction
+    angles_BF = time_B[:, None] * 2 * jnp.pi / period[None]
+    return jnp.concatenate([jnp.sin(angles_BF), jnp.cos(angles_BF)], axis=1)
+
+
+class ActionExpert(nn.Module):
+    """The suffix stream: embeds proprio and noisy actions, runs the expert layers jointly with the
+    VLM's layers (passed in as `vlm_layers`), and reads the velocity off the action tokens."""
+
+    config: GemmaConfig
+    action_dim: int
+    horizon: int
+
+    def setup(self):
+        width = self.config.hidden_size
+        self.layers = [GemmaDecoderLayer(self.config, name=f"layers_{index}") for index in range(self.config.num_layers)]
+        self.norm = RMSNorm(self.config.rms_norm_eps)
+        self.proprio_in = nn.Dense(width)
+        self.action_in = nn.Dense(width)
+        self.time_mlp_in = nn.Dense(width)
+        self.time_mlp_out = nn.Dense(width)
+        self.action_out = nn.Dense(self.action_dim)
+
+    def embed_suffix(self, proprio_BD, noisy_actions_BHA, time_B) -> jax.Array:
+        actions_BHE = self.action_in(noisy_actions_BHA)
+        time_BHE = jnp.broadcast_to(time_features(time_B, actions_BHE.shape[-1])[:, None], actions_BHE.shape)
+        actions_BHE = self.time_mlp_out(nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1))))
+        return jnp.concatenate([self.proprio_in(proprio_BD)[:, None], actions_BHE], axis=1)
+
+    def velocity(self, suffix_BSE: jax.Array) -> jax.Array:
+        return self.action_out(self.norm(suffix_BSE)[:, 1:])
+
+
+class PrefixWithExpert(nn.Module):
+    """Joint forward of a prefix (embeddings from the VLM) and the expert's suffix, layer by layer.
+
+    `vlm` is a GemmaModel (its layers and final norm are used; the prefix embeddings come from the
+    caller: PaliGemma's image + text embedding)."""
+
+    vlm_config: GemmaConfig
+    expert_config: GemmaConfig
+    action_dim: int
+    horizon: int
+
+    def setup(self):
+        check_expert_geometry(self.vlm_config, self.expert_config)
+        self.expert = ActionExpert(self.expert_config, self.action_dim, self.horizon)
+
+    @staticmethod
+    def _attend(query, keys, values, mask):
+        return jax.nn.dot_product_attention(query, keys, values, mask=mask[:, None])
+
+    def joint(self, vlm_layers, prefix_BPC, prefix_positions_BP, suffix_BSE, suffix_positions_BS, mask_BXX):
+        """Both streams through every layer; returns (prefix hidden, suffix hidden), not final-normed."""
+        prefix = prefix_BPC.shape[1]
+        for vlm_layer, expert_layer in zip(vlm_layers, self.expert.layers):
+            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix_positions_BP)
+            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS)
+            keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
+            values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
+            attended_p = self._attend(query_p, keys, values, mask_BXX[:, :prefix])
+            attended_s = self._attend(query_s.astype(keys.dtype), keys, values, mask_BXX[:, prefix:])
+            prefix_BPC = vlm_layer.after_attention(prefix_BPC, attended_p)
+            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
+        return prefix_BPC, suffix_BSE
+
+    def prefix_cache(self, vlm_layers, prefix_BPC, prefix_positions_BP, prefix_mask_BPP) -> list:
+        """Per layer, the prefix keys and values (the prefix attends only itself)."""
+        cache = []
+        for vlm_layer in vlm_layers:
+            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix_positions_BP)
+            cache.append((key_p, value_p))
+            prefix_BPC = vlm_layer.after_attention(prefix_BPC, self._attend(query_p, key_p, value_p, prefix_mask_BPP))
+        return cache
+
+    def suffix_with_cache(self, cache, suffix_BSE, suffix_positions_BS, suffix_mask_BSX):
+        for (key_p, value_p), expert_layer in zip(cache, self.expert.layers):
+            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS)
+            keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
+            values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
+            attended_s = self._attend(query_s.astype(keys.dtype), keys, values, suffix_mask_BSX)
+            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
+        return suffix_BSE
+
+
+def sample_flow_time(rng: jax.Array, batch: int) -> jax.Array:
+    """t ~ Beta(1.5, 1) * 0.999 + 0.001: pi0's emphasis on noisy times, never exactly 0."""
+    return jax.random.beta(rng, 1.5, 1.0, (batch,)) * 0.999 + 0.001
+
+
+class Pi0(nn.Module):
+    """PaliGemma plus the action expert: flow-matching loss and Euler sampling of action chunks.
+
+    The whole prefix (image tokens and the instruction) attends bidirectionally, as in pi0."""
+
+    paligemma_config: PaliGemmaConfig
+    expert_config: GemmaConfig
+    action_dim: int
+    horizon: int
+
+    def setup(self):
+        self.paligemma = PaliGemma(self.paligemma_config)
+        self.flow = PrefixWithExpert(self.paligemma_config.text, self.expert_config, self.action_dim, self.horizon)
+
+    def _prefix(self, pixels_BHWC, input_ids_BP, attention_mask_BP):
+        prefix_BPC = self.paligemma.embed(pixels_BHWC, input_ids_BP)
+        positions_BP = jnp.broadcast_to(jnp.arange(input_ids_BP.shape[1]) + 1, input_ids_BP.shape)
+        valid_BP = attention_mask_BP.astype(bool)
+        mask_BPP = prefix_lm_mask(attention_mask_BP, jnp.zeros_like(input_ids_BP))
+        # Suffix positions continue after each row's real prefix tokens.
+        suffix_positions_BS = valid_BP.sum(axis=1, keepdims=True) + 1 + jnp.arange(1 + self.horizon)[None]
+        return prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS
+
+    def velocity(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
+        """The predicted velocity [B, H, A] at x_t = noisy, one joint forward of prefix and suffix."""
+        prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
+        suffix_BSE = self.flow.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+        mask_BXX = suffix_mask(valid_BP, mask_BPP, self.horizon)
+        _, suffix_BSE = self.flow.joint(self.paligemma.language_model.layers, prefix_BPC, positions_BP, suffix_BSE,
+                                        suffix_positions_BS, mask_BXX)
+        return self.flow.expert.velocity(suffix_BSE)
+
+    def loss(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, actions_BHA, action_mask_BHA, rng):
+        noise_rng, time_rng = jax.random.split(rng)
+        noise_BHA = jax.random.normal(noise_rng, actions_BHA.shape, actions_BHA.dtype)
+        time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
+        noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
+        predicted_BHA = self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
+        squared_BHA = jnp.where(action_mask_BHA, (predicted_BHA - (noise_BHA - actions_BHA)) ** 2, 0.0)
+        return squared_BHA.sum() / jnp.maximum(action_mask_BHA.sum(), 1)
+
+    def sample(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
+        """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the
+        cache, the prefix runs once; without it, every step reruns prefix and suffix."""
+        batch = input_ids_BP.shape[0]
+        noisy_BHA = jax.random.normal(rng, (batch, self.horizon, self.action_dim))
+        step = -1.0 / num_steps
+        if not use_cache:
+            for index in range(num_steps):
+                time_B = jnp.full((batch,), 1.0 + index * step)
+                noisy_BHA = noisy_BHA + step * self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
+            return noisy_BHA
+        prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
+        cache = self.flow.prefix_cache(self.paligemma.language_model.layers, prefix_BPC, positions_BP, mask_BPP)
+        mask_BSX = suffix_mask(valid_BP, mask_BPP, self.horizon)[:, input_ids_BP.shape[1]:]
+        for index in range(num_steps):
+            time_B = jnp.full((batch,), 1.0 + index * step)
+            suffix_BSE = self.flow.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+            suffix_BSE = self.flow.suffix_with_cache(cache, suffix_BSE, suffix_positions_BS, mask_BSX)
+            noisy_BHA = noisy_BHA + step * self.flow.expert.velocity(suffix_BSE)
+        return noisy_BHA
+
+    def __call__(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
+        """Touches every parameter (for init)."""
+        return self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
