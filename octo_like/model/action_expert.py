@@ -39,7 +39,7 @@ def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon:
     suffix = 1 + horizon
     is_action_S = jnp.arange(suffix) > 0
     # Suffix queries: every valid prefix key; proprio sees itself; actions see proprio and all actions.
-    suffix_to_suffix_SS = (jnp.arange(suffix)[:, None] == jnp.arange(suffix)[None, :]) | (is_action_S[:, None] & jnp.ones((suffix,), bool)[None, :])
+    suffix_to_suffix_SS = jnp.eye(suffix, dtype=bool) | is_action_S[:, None]
     top_BPX = jnp.concatenate([prefix_mask_BPP, jnp.zeros((batch, prefix, suffix), bool)], axis=2)
     bottom_BSX = jnp.concatenate([jnp.broadcast_to(prefix_valid_BP[:, None, :], (batch, suffix, prefix)),
                                   jnp.broadcast_to(suffix_to_suffix_SS[None], (batch, suffix, suffix))], axis=2)
@@ -83,10 +83,9 @@ class ActionExpert(nn.Module):
 
 
 class PrefixWithExpert(nn.Module):
-    """Joint forward of a prefix (embeddings from the VLM) and the expert's suffix, layer by layer.
-
-    `vlm` is a GemmaModel (its layers and final norm are used; the prefix embeddings come from the
-    caller: PaliGemma's image + text embedding)."""
+    """Joint forward of a prefix and the expert's suffix, layer by layer: the caller passes the VLM's
+    decoder layers (`vlm_layers`, a GemmaModel's) and the prefix embeddings (PaliGemma's image +
+    text embedding); the expert's layers are this module's."""
 
     vlm_config: GemmaConfig
     expert_config: GemmaConfig
