@@ -65,3 +65,15 @@ def test_unknown_variant_and_benchmark_fail_in_one_line():
     result = run_script("scripts/bench.py", "train", f"--config={CONFIG}", "--compute_dtypes=float32,float16")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --compute_dtypes entry 'float16'; expected one of float32, bfloat16"]
+
+
+def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
+    result = run_script("scripts/bench.py", "decode", "--gemma_size=huge")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --gemma_size=huge --dtype=float32; expected one of tiny, 2B and float32 or bfloat16"]
+    result = run_script("scripts/bench.py", "flow", "--euler_steps=0")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--euler_steps=0" in result.stderr
+    result = run_script("scripts/fit_fast.py", f"--config={CONFIG}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --config and --output_dir are required"]

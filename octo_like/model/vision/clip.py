@@ -127,6 +127,12 @@ CLIP_SIZES = {
 }
 
 
+def check_pixels(pixels_BHWC: jax.Array, image_size: int, num_channels: int, family: str) -> None:
+    expected = (image_size, image_size, num_channels)
+    if pixels_BHWC.ndim != 4 or tuple(pixels_BHWC.shape[1:]) != expected:
+        raise InputError(f"{family} pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]")
+
+
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
     # Two-pass variance, as torch computes it.
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
@@ -213,9 +219,7 @@ class CLIPVisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, pixels_BHWC: jax.Array) -> dict[str, jax.Array]:
         config = self.config
-        expected = (config.image_size, config.image_size, config.num_channels)
-        if pixels_BHWC.ndim != 4 or tuple(pixels_BHWC.shape[1:]) != expected:
-            raise InputError(f"CLIP pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]")
+        check_pixels(pixels_BHWC, config.image_size, config.num_channels, "CLIP")
         hidden_BNC = CLIPVisionEmbeddings(config, name="embeddings")(pixels_BHWC)
         hidden_BNC = layer_norm(config.layer_norm_eps, "pre_layrnorm")(hidden_BNC)
         hidden_BNC, attention_BNC = CLIPEncoder(config, name="encoder")(hidden_BNC, None)

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from octo_like.model.precision import parameter_dtype
-from octo_like.model.vision.clip import CLIPEncoder, CLIPMLP, CLIPTowerConfig, layer_norm
-from octo_like.utils.errors import InputError
+from octo_like.model.vision.clip import CLIPEncoder, CLIPMLP, CLIPTowerConfig, check_pixels, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +101,7 @@ class SiglipVisionTransformer(nn.Module):
         """Normalized pixels [B, H, W, C] -> last_hidden_state [B, N, C] (post-LayerNorm'd) and, with
         the head, pooler_output [B, C]."""
         config = self.config
-        expected = (config.image_size, config.image_size, config.num_channels)
-        if pixels_BHWC.ndim != 4 or tuple(pixels_BHWC.shape[1:]) != expected:
-            raise InputError(f"SigLIP pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]")
+        check_pixels(pixels_BHWC, config.image_size, config.num_channels, "SigLIP")
         pixels_BHWC = jnp.asarray(pixels_BHWC, parameter_dtype(self, default=pixels_BHWC.dtype))
         hidden_BNC = SiglipVisionEmbeddings(config, name="embeddings")(pixels_BHWC)
         hidden_BNC, _ = CLIPEncoder(config, name="encoder")(hidden_BNC, None)
