@@ -37,9 +37,17 @@ def siglip_vision_config_from_dict(raw: dict, where: str) -> SiglipVisionConfig:
     return config
 
 
-def siglip_vision_config_from_hf(checkpoint_dir: str) -> SiglipVisionConfig:
+def _config_and_prefixes(checkpoint_dir: str) -> tuple[SiglipVisionConfig, tuple[str, ...]]:
+    """The tower's config and where its tensors sit: a SiglipModel (model_type "siglip") nests the
+    vision config and also holds the text tower and logit scale/bias, so only `vision_model.*` is read."""
     path, raw = read_config(checkpoint_dir, "SigLIP", _MODEL_TYPES)
-    return siglip_vision_config_from_dict(raw.get("vision_config", {}) if raw.get("model_type") == "siglip" else raw, path)
+    if raw["model_type"] == "siglip":
+        return siglip_vision_config_from_dict(raw.get("vision_config", {}), path), VISION_PREFIXES[1:]
+    return siglip_vision_config_from_dict(raw, path), VISION_PREFIXES
+
+
+def siglip_vision_config_from_hf(checkpoint_dir: str) -> SiglipVisionConfig:
+    return _config_and_prefixes(checkpoint_dir)[0]
 
 
 def siglip_vision_param_shapes(config: SiglipVisionConfig) -> dict:
@@ -60,9 +68,7 @@ class LoadedSiglipVision:
 
 def load_siglip_vision(path: str, dtype=jnp.float32) -> LoadedSiglipVision:
     """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors (or shards and their index)."""
-    config = siglip_vision_config_from_hf(path)
-    # A SiglipModel also holds the text tower and logit scale/bias: only `vision_model.*` is read.
-    prefixes = VISION_PREFIXES[1:] if read_config(path, "SigLIP", _MODEL_TYPES)[1]["model_type"] == "siglip" else VISION_PREFIXES
+    config, prefixes = _config_and_prefixes(path)
     params = load_flax_params(CheckpointTensors(path, "SigLIP checkpoint"), siglip_vision_param_shapes(config), prefixes=prefixes,
                               ignored_suffixes=("position_ids",), dtype=dtype, what="SigLIP checkpoint")
     return LoadedSiglipVision(config, params)
