@@ -150,14 +150,15 @@ class GemmaDecoderLayer(nn.Module):
     def qkv(self, x_BLC: jax.Array, positions_BL: jax.Array):
         return self.self_attn.project(self.input_layernorm(x_BLC), positions_BL)
 
-    def after_attention(self, x_BLC: jax.Array, attended_BLNH: jax.Array) -> jax.Array:
-        x_BLC = x_BLC + self.self_attn.output(attended_BLNH)
+    def _mlp_residual(self, x_BLC: jax.Array) -> jax.Array:
         return x_BLC + self.mlp(self.post_attention_layernorm(x_BLC))
+
+    def after_attention(self, x_BLC: jax.Array, attended_BLNH: jax.Array) -> jax.Array:
+        return self._mlp_residual(x_BLC + self.self_attn.output(attended_BLNH))
 
     def __call__(self, x_BLC, positions_BL, mask_BLS, cache=None, cache_index=None):
         attended_BLC, cache = self.self_attn(self.input_layernorm(x_BLC), positions_BL, mask_BLS, cache, cache_index)
-        x_BLC = x_BLC + attended_BLC
-        return x_BLC + self.mlp(self.post_attention_layernorm(x_BLC)), cache
+        return self._mlp_residual(x_BLC + attended_BLC), cache
 
 
 class GemmaModel(nn.Module):
