@@ -307,6 +307,49 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
     return {"benchmark": "scale", "devices": len(jax.devices()), "batch_size": int(batch["action"].shape[0]), "results": results}
 
 
+def _latency_ms(call, seconds: float) -> dict:
+    """p50/p95 of `call()` (blocked until ready) over `seconds`, after one warm-up (compile) call."""
+    import jax
+
+    latencies = []
+
+    def timed():
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        latencies.append(time.perf_counter() - start)
+
+    calls_per_second(timed, seconds, warmup=1)
+    latencies_ms = 1000 * np.asarray(latencies[1:])
+    return {"p50_ms": float(np.percentile(latencies_ms, 50)), "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)}
+
+
+def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
+    """A VLA config's chunk latency with the KV cache and without it (the prefix, or the whole
+    sequence, rerun at every Euler step or token), side by side."""
+    import jax
+
+    batch = _example_batch(config)
+    model = _model(config, batch)
+    observation = jax.tree_util.tree_map(lambda x: x[:1], batch["observation"])
+    task = model.create_tasks(texts=["open the drawer"])
+    vla = model.config["model"]["vla"]
+    kind = vla["action"]["kind"]
+    sampling = {"num_steps": euler_steps} if kind == "flow" else {}
+    results = {}
+    for use_cache in (True, False):
+        latency = _latency_ms(lambda: model.sample_actions(observation, task, rng=jax.random.key(0), use_cache=use_cache, **sampling), seconds)
+        if kind != "flow":
+            latency["action_tokens_per_s"] = model.module.num_action_tokens / (latency["p50_ms"] / 1000)
+        results["with_cache" if use_cache else "without_cache"] = latency
+    backbone = vla["backbone"]["config"]
+    return {"benchmark": "infer", "device": str(jax.devices()[0]), "batch_size": 1, "action": kind,
+            "backbone": {"size": vla["backbone"].get("size"), "checkpoint": vla["backbone"].get("checkpoint"),
+                         "image_size": backbone["vision"]["image_size"], "text_width": backbone["text"]["hidden_size"],
+                         "text_layers": backbone["text"]["num_layers"]},
+            **({"euler_steps": euler_steps} if kind == "flow" else {"action_tokens": model.module.num_action_tokens}),
+            **results, "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"]}
+
+
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
     import jax
 
@@ -328,18 +371,8 @@ def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
         model_config = {**config["model"], "heads": {"action": head_spec(name, action_horizon=horizon, action_dim=action_dim)}}
         model = _model({**config, "model": model_config}, batch)
         task = model.create_tasks(texts=["open the drawer"])
-        rng = jax.random.key(0)
-        latencies = []
-
-        def sample():
-            start = time.perf_counter()
-            jax.block_until_ready(model.sample_actions(observation, task, rng=rng, **sampling))
-            latencies.append(time.perf_counter() - start)
-
-        calls_per_second(sample, seconds, warmup=1)
-        latencies_ms = 1000 * np.asarray(latencies[1:])
-        results.append({"head": entry, "p50_ms": float(np.percentile(latencies_ms, 50)),
-                        "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)})
+        latency = _latency_ms(lambda: model.sample_actions(observation, task, rng=jax.random.key(0), **sampling), seconds)
+        results.append({"head": entry, **latency})
     result = {"benchmark": "infer", "device": str(jax.devices()[0]), "transformer": config["model"]["transformer"],
               "batch_size": 1, "results": results}
     clip = model.config["model"].get("clip")
@@ -413,17 +446,7 @@ def bench_flow(size: str, prompt_length: int, euler_steps: int, dtype_name: str,
     for use_cache in (True, False):
         sample = jax.jit(lambda params: model.apply({"params": params}, pixels, ids, mask, proprio, jax.random.key(2),
                                                     euler_steps, use_cache, method=Pi0.sample))
-        latencies = []
-
-        def call():
-            start = time.perf_counter()
-            jax.block_until_ready(sample(params))
-            latencies.append(time.perf_counter() - start)
-
-        calls_per_second(call, seconds, warmup=1)
-        latencies_ms = 1000 * np.asarray(latencies[1:])
-        results["with_cache" if use_cache else "without_cache"] = {
-            "p50_ms": float(np.percentile(latencies_ms, 50)), "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)}
+        results["with_cache" if use_cache else "without_cache"] = _latency_ms(lambda: sample(params), seconds)
     return {"benchmark": "flow", "device": str(jax.devices()[0]), "gemma_size": size, "dtype": dtype_name,
             "prefix_tokens": int(ids.shape[1]), "euler_steps": euler_steps, "horizon": horizon, **results,
             "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"]}
@@ -443,7 +466,11 @@ def main(argv):
     elif argv[1] == "scale":
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":
-        result = bench_infer(_CONFIG.value.to_dict(), _INFER_HEADS.value.split(","), _SECONDS.value)
+        config = _CONFIG.value.to_dict()
+        if config["model"].get("vla") is not None:
+            result = bench_infer_vla(config, _EULER_STEPS.value, _SECONDS.value)
+        else:
+            result = bench_infer(config, _INFER_HEADS.value.split(","), _SECONDS.value)
     elif argv[1] == "flow":
         result = bench_flow(_GEMMA_SIZE.value, _PROMPT_LENGTH.value, _EULER_STEPS.value, _DTYPE.value, _SECONDS.value)
     elif argv[1] == "decode":

@@ -5,6 +5,7 @@ example_batch.msgpack, orbax steps <step>/{params,state}, metrics.jsonl, tensorb
 and resumes from the latest step of an existing run directory.
 """
 
+import functools
 import itertools
 import json
 import os
@@ -19,15 +20,16 @@ from absl import logging
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
-from octo_like.model.policy import PolicyModel, resolve_model_config, with_normalization_settings
+from octo_like.model.policy import PolicyModel, declared_action_chunks, resolve_model_config, with_normalization_settings
 from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
-from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, shard_batch, shard_params
+from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
 from octo_like.train.metrics import MetricsWriter, plot_losses
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
 from octo_like.train.step import COMPUTE_DTYPES, make_eval_step, make_train_step
 from octo_like.utils.errors import InputError
+from octo_like.utils.sharding import place_params
 
 
 def dataset_statistics_with_settings(dataset_config: dict, statistics: dict) -> dict:
@@ -44,12 +46,11 @@ def dataset_statistics_with_settings(dataset_config: dict, statistics: dict) -> 
 
 def check_heads_fit_data(config: dict, example_batch: dict) -> None:
     _, _, horizon, action_dim = example_batch["action"].shape
-    for name, head in config["model"]["heads"].items():
-        kwargs = head["kwargs"]
-        if kwargs["action_dim"] != action_dim:
-            raise InputError(f"model.heads.{name}.kwargs.action_dim={kwargs['action_dim']} disagrees with the dataset's {action_dim}-d actions")
-        if kwargs["action_horizon"] != horizon:
-            raise InputError(f"model.heads.{name}.kwargs.action_horizon={kwargs['action_horizon']} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
+    for horizon_key, declared_horizon, dim_key, declared_dim in declared_action_chunks(config["model"]):
+        if declared_dim != action_dim:
+            raise InputError(f"{dim_key}={declared_dim} disagrees with the dataset's {action_dim}-d actions")
+        if declared_horizon != horizon:
+            raise InputError(f"{horizon_key}={declared_horizon} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
 
 
 def check_same_model(run_dir: str, config: dict) -> None:
@@ -103,14 +104,16 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     check_heads_fit_data(config, example_batch)
 
     rng = jax.random.key(config["seed"])
-    model = PolicyModel.create(config, example_batch, statistics, jax.random.fold_in(rng, 0))
-    if init_params is not None:
-        model.params = init_params(model)
-    optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
     # Parameters and optimizer state sharded by the config's rules, then by the default FSDP rule
-    # (all replicated when fsdp = 1).
-    state = shard_params(TrainState.create(model.params, optimizer, jax.random.fold_in(rng, 1)), mesh,
-                         rules=[(pattern, PartitionSpec(*spec)) for pattern, spec in config.get("sharding_rules", [])])
+    # (all replicated when fsdp = 1), and created in that layout: a model larger than one device
+    # is never whole on one.
+    rules = [(pattern, PartitionSpec(*spec)) for pattern, spec in config.get("sharding_rules", [])]
+    shardings_of = functools.partial(param_shardings, mesh=mesh, rules=rules)
+    model = PolicyModel.create(config, example_batch, statistics, jax.random.fold_in(rng, 0), shardings_of=shardings_of)
+    if init_params is not None:
+        model.params = place_params(init_params(model), shardings_of(model.params))
+    optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
+    state = TrainState.create_sharded(model.params, optimizer, jax.random.fold_in(rng, 1), shardings_of)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
     if primary:
         print(f"model: {num_params / 1e6:.2f}M parameters; {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "

@@ -10,7 +10,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from octo_like.hf.gemma import load_gemma
-from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora, lora_targets, merge_lora
+from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora, lora_factors, lora_targets, merge_lora
 from octo_like.utils.errors import InputError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gemma_tiny")
@@ -33,7 +33,7 @@ def test_lora_starts_at_the_base_model_trains_only_its_factors_and_merges_exactl
     reference = np.load(os.path.join(FIXTURE, "reference.npz"))
     ids, mask = jnp.asarray(reference["input_ids"]), jnp.asarray(reference["attention_mask"])
     lora = init_lora(gemma.params, GEMMA_LORA_TARGETS, rank=4, rng=jax.random.key(0))
-    assert lora["model/layers_1/mlp/down_proj/kernel"]["a"].shape == (40, 4)
+    assert lora["model"]["layers_1"]["mlp"]["down_proj"]["kernel"]["a"].shape == (40, 4)
     apply = lambda params: gemma.module.apply({"params": params}, ids, mask)
     np.testing.assert_array_equal(apply(merge_lora(gemma.params, lora, alpha=8.0)), apply(gemma.params))
 
@@ -54,9 +54,9 @@ def test_lora_starts_at_the_base_model_trains_only_its_factors_and_merges_exactl
     assert losses[-1] < losses[0] - 0.1
     merged, base = flatten_dict(merge_lora(gemma.params, lora, alpha=8.0)), flatten_dict(gemma.params)
     changed = {"/".join(path) for path in base if not np.array_equal(merged[path], base[path])}
-    assert changed == set(lora)  # exactly the adapted kernels; embeddings and norms stay the base's
-    factors = lora["model/layers_0/self_attn/q_proj/kernel"]
+    assert changed == set(lora_factors(lora))  # exactly the adapted kernels; embeddings and norms stay the base's
+    factors = lora_factors(lora)["model/layers_0/self_attn/q_proj/kernel"]
     np.testing.assert_allclose(merged[("model", "layers_0", "self_attn", "q_proj", "kernel")],
                                base[("model", "layers_0", "self_attn", "q_proj", "kernel")] + 2.0 * factors["a"] @ factors["b"], atol=1e-6)
     with pytest.raises(InputError, match="LoRA parameters for 'model/nothing/kernel'"):
-        merge_lora(gemma.params, {"model/nothing/kernel": lora["model/layers_0/mlp/up_proj/kernel"]}, alpha=8.0)
+        merge_lora(gemma.params, {"model": {"nothing": {"kernel": factors}}}, alpha=8.0)

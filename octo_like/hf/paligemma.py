@@ -54,14 +54,18 @@ class LoadedPaliGemma:
                            jnp.asarray(attention_mask_BL, jnp.int32), token_type_ids)
 
 
-def load_paligemma(path: str, dtype=jnp.float32) -> LoadedPaliGemma:
-    """A PaliGemmaForConditionalGeneration directory: config.json and model.safetensors (or shards and their index)."""
-    config = paligemma_config_from_hf(path)
+def load_paligemma_params(path: str, config: PaliGemmaConfig, dtype=jnp.float32) -> dict:
+    """The Flax parameters {vision_tower, multi_modal_projector, language_model} of a checkpoint, for `config`."""
     tensors = CheckpointTensors(path, "PaliGemma checkpoint")
     shapes = paligemma_param_shapes(config)
-    params = {
+    return {
         part: load_flax_params(tensors, shapes[part], prefixes=prefixes, ignored_suffixes=("position_ids",),
                                dtype=dtype, what=f"PaliGemma checkpoint ({part})")
         for part, prefixes in _PREFIXES.items()
     }
-    return LoadedPaliGemma(config, params)
+
+
+def load_paligemma(path: str, dtype=jnp.float32) -> LoadedPaliGemma:
+    """A PaliGemmaForConditionalGeneration directory: config.json and model.safetensors (or shards and their index)."""
+    config = paligemma_config_from_hf(path)
+    return LoadedPaliGemma(config, load_paligemma_params(path, config, dtype))

@@ -17,6 +17,8 @@ from t = 1 to 0 in `num_steps` Euler steps. The time enters each action token: c
 embedding, sin-cos time embedding) -> Dense -> swish -> Dense.
 """
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,10 +84,31 @@ class ActionExpert(nn.Module):
         return self.action_out(self.norm(suffix_BSE)[:, 1:])
 
 
+class Prefix(NamedTuple):
+    """What the suffix needs of a prefix: its embeddings, positions, valid tokens and own mask."""
+
+    embeddings_BPC: jax.Array
+    positions_BP: jax.Array
+    valid_BP: jax.Array
+    mask_BPP: jax.Array
+
+    @classmethod
+    def bidirectional(cls, embeddings_BPC: jax.Array, valid_BP: jax.Array) -> "Prefix":
+        """Every valid token attends every valid token; positions count the valid tokens from 1 (so
+        padding anywhere in the prefix, e.g. after a short instruction, leaves no gap)."""
+        valid_BP = valid_BP.astype(bool)
+        positions_BP = jnp.cumsum(valid_BP, axis=1)
+        return cls(embeddings_BPC, positions_BP, valid_BP, prefix_lm_mask(valid_BP, jnp.zeros(valid_BP.shape, jnp.int32)))
+
+    def suffix_positions(self, suffix: int) -> jax.Array:
+        """Suffix positions continue after each row's valid prefix tokens."""
+        return self.valid_BP.sum(axis=1, keepdims=True) + 1 + jnp.arange(suffix)[None]
+
+
 class PrefixWithExpert(nn.Module):
-    """Joint forward of a prefix and the expert's suffix, layer by layer: the caller passes the VLM's
-    decoder layers (`vlm_layers`, a GemmaModel's) and the prefix embeddings (PaliGemma's image +
-    text embedding); the expert's layers are this module's."""
+    """Flow matching and Euler sampling of the expert's suffix on a given prefix: the caller passes
+    the VLM's decoder layers (`vlm_layers`, a GemmaModel's) and the prefix (its embeddings, e.g.
+    PaliGemma's image + text embedding); the expert's layers are this module's."""
 
     vlm_config: GemmaConfig
     expert_config: GemmaConfig
@@ -100,27 +123,28 @@ class PrefixWithExpert(nn.Module):
     def _attend(query, keys, values, mask):
         return jax.nn.dot_product_attention(query, keys, values, mask=mask[:, None])
 
-    def joint(self, vlm_layers, prefix_BPC, prefix_positions_BP, suffix_BSE, suffix_positions_BS, mask_BXX):
+    def joint(self, vlm_layers, prefix: Prefix, suffix_BSE, mask_BXX):
         """Both streams through every layer; returns (prefix hidden, suffix hidden), not final-normed."""
-        prefix = prefix_BPC.shape[1]
+        prefix_BPC, length = prefix.embeddings_BPC, prefix.embeddings_BPC.shape[1]
+        suffix_positions_BS = prefix.suffix_positions(suffix_BSE.shape[1])
         for vlm_layer, expert_layer in zip(vlm_layers, self.expert.layers):
-            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix_positions_BP)
+            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix.positions_BP)
             query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS)
             keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
             values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
-            attended_p = self._attend(query_p, keys, values, mask_BXX[:, :prefix])
-            attended_s = self._attend(query_s.astype(keys.dtype), keys, values, mask_BXX[:, prefix:])
+            attended_p = self._attend(query_p, keys, values, mask_BXX[:, :length])
+            attended_s = self._attend(query_s.astype(keys.dtype), keys, values, mask_BXX[:, length:])
             prefix_BPC = vlm_layer.after_attention(prefix_BPC, attended_p)
             suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
         return prefix_BPC, suffix_BSE
 
-    def prefix_cache(self, vlm_layers, prefix_BPC, prefix_positions_BP, prefix_mask_BPP) -> list:
+    def prefix_cache(self, vlm_layers, prefix: Prefix) -> list:
         """Per layer, the prefix keys and values (the prefix attends only itself)."""
-        cache = []
+        cache, prefix_BPC = [], prefix.embeddings_BPC
         for vlm_layer in vlm_layers:
-            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix_positions_BP)
+            query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix.positions_BP)
             cache.append((key_p, value_p))
-            prefix_BPC = vlm_layer.after_attention(prefix_BPC, self._attend(query_p, key_p, value_p, prefix_mask_BPP))
+            prefix_BPC = vlm_layer.after_attention(prefix_BPC, self._attend(query_p, key_p, value_p, prefix.mask_BPP))
         return cache
 
     def suffix_with_cache(self, cache, suffix_BSE, suffix_positions_BS, suffix_mask_BSX):
@@ -132,6 +156,46 @@ class PrefixWithExpert(nn.Module):
             suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
         return suffix_BSE
 
+    def velocity(self, vlm_layers, prefix: Prefix, proprio_BD, noisy_BHA, time_B) -> jax.Array:
+        """The predicted velocity [B, H, A] at x_t = noisy, one joint forward of prefix and suffix."""
+        suffix_BSE = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+        mask_BXX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)
+        _, suffix_BSE = self.joint(vlm_layers, prefix, suffix_BSE, mask_BXX)
+        return self.expert.velocity(suffix_BSE)
+
+    def loss(self, vlm_layers, prefix: Prefix, proprio_BD, actions_BHA, action_mask_BHA, rng) -> jax.Array:
+        """The flow-matching loss: mean squared velocity error over the valid action entries."""
+        noise_rng, time_rng = jax.random.split(rng)
+        noise_BHA = jax.random.normal(noise_rng, actions_BHA.shape, actions_BHA.dtype)
+        time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
+        noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
+        predicted_BHA = self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
+        squared_BHA = jnp.where(action_mask_BHA, (predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, 0.0)
+        return squared_BHA.sum() / jnp.maximum(action_mask_BHA.sum(), 1)
+
+    def sample(self, vlm_layers, prefix: Prefix, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
+        """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the
+        cache, the prefix runs once; without it, every step reruns prefix and suffix."""
+        if num_steps < 1:
+            raise InputError(f"num_steps={num_steps}; expected a positive number of Euler steps")
+        batch = prefix.valid_BP.shape[0]
+        noisy_BHA = jax.random.normal(rng, (batch, self.horizon, self.action_dim))
+        step = -1.0 / num_steps
+        if not use_cache:
+            for index in range(num_steps):
+                time_B = jnp.full((batch,), 1.0 + index * step)
+                noisy_BHA = noisy_BHA + step * self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B).astype(jnp.float32)
+            return noisy_BHA
+        cache = self.prefix_cache(vlm_layers, prefix)
+        suffix_positions_BS = prefix.suffix_positions(1 + self.horizon)
+        mask_BSX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)[:, prefix.valid_BP.shape[1]:]
+        for index in range(num_steps):
+            time_B = jnp.full((batch,), 1.0 + index * step)
+            suffix_BSE = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+            suffix_BSE = self.suffix_with_cache(cache, suffix_BSE, suffix_positions_BS, mask_BSX)
+            noisy_BHA = noisy_BHA + step * self.expert.velocity(suffix_BSE).astype(jnp.float32)
+        return noisy_BHA
+
 
 def sample_flow_time(rng: jax.Array, batch: int) -> jax.Array:
     """t ~ Beta(1.5, 1) * 0.999 + 0.001: pi0's emphasis on noisy times, never exactly 0."""
@@ -139,7 +203,7 @@ def sample_flow_time(rng: jax.Array, batch: int) -> jax.Array:
 
 
 class Pi0(nn.Module):
-    """PaliGemma plus the action expert: flow-matching loss and Euler sampling of action chunks.
+    """PaliGemma plus the action expert, on PaliGemma's inputs (image-token ids in `input_ids`).
 
     The whole prefix (image tokens and the instruction) attends bidirectionally, as in pi0."""
 
@@ -152,53 +216,23 @@ class Pi0(nn.Module):
         self.paligemma = PaliGemma(self.paligemma_config)
         self.flow = PrefixWithExpert(self.paligemma_config.text, self.expert_config, self.action_dim, self.horizon)
 
-    def _prefix(self, pixels_BHWC, input_ids_BP, attention_mask_BP):
-        prefix_BPC = self.paligemma.embed(pixels_BHWC, input_ids_BP)
-        positions_BP = jnp.broadcast_to(jnp.arange(input_ids_BP.shape[1]) + 1, input_ids_BP.shape)
-        valid_BP = attention_mask_BP.astype(bool)
-        mask_BPP = prefix_lm_mask(attention_mask_BP, jnp.zeros_like(input_ids_BP))
-        # Suffix positions continue after each row's real prefix tokens.
-        suffix_positions_BS = valid_BP.sum(axis=1, keepdims=True) + 1 + jnp.arange(1 + self.horizon)[None]
-        return prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS
+    def _prefix(self, pixels_BHWC, input_ids_BP, attention_mask_BP) -> Prefix:
+        return Prefix.bidirectional(self.paligemma.embed(pixels_BHWC, input_ids_BP), attention_mask_BP)
+
+    def _layers(self):
+        return self.paligemma.language_model.layers
 
     def velocity(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
-        """The predicted velocity [B, H, A] at x_t = noisy, one joint forward of prefix and suffix."""
-        prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
-        suffix_BSE = self.flow.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
-        mask_BXX = suffix_mask(valid_BP, mask_BPP, self.horizon)
-        _, suffix_BSE = self.flow.joint(self.paligemma.language_model.layers, prefix_BPC, positions_BP, suffix_BSE,
-                                        suffix_positions_BS, mask_BXX)
-        return self.flow.expert.velocity(suffix_BSE)
+        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
+        return self.flow.velocity(self._layers(), prefix, proprio_BD, noisy_BHA, time_B)
 
     def loss(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, actions_BHA, action_mask_BHA, rng):
-        noise_rng, time_rng = jax.random.split(rng)
-        noise_BHA = jax.random.normal(noise_rng, actions_BHA.shape, actions_BHA.dtype)
-        time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
-        noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
-        predicted_BHA = self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
-        squared_BHA = jnp.where(action_mask_BHA, (predicted_BHA - (noise_BHA - actions_BHA)) ** 2, 0.0)
-        return squared_BHA.sum() / jnp.maximum(action_mask_BHA.sum(), 1)
+        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
+        return self.flow.loss(self._layers(), prefix, proprio_BD, actions_BHA, action_mask_BHA, rng)
 
     def sample(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
-        """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the
-        cache, the prefix runs once; without it, every step reruns prefix and suffix."""
-        batch = input_ids_BP.shape[0]
-        noisy_BHA = jax.random.normal(rng, (batch, self.horizon, self.action_dim))
-        step = -1.0 / num_steps
-        if not use_cache:
-            for index in range(num_steps):
-                time_B = jnp.full((batch,), 1.0 + index * step)
-                noisy_BHA = noisy_BHA + step * self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
-            return noisy_BHA
-        prefix_BPC, positions_BP, valid_BP, mask_BPP, suffix_positions_BS = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
-        cache = self.flow.prefix_cache(self.paligemma.language_model.layers, prefix_BPC, positions_BP, mask_BPP)
-        mask_BSX = suffix_mask(valid_BP, mask_BPP, self.horizon)[:, input_ids_BP.shape[1]:]
-        for index in range(num_steps):
-            time_B = jnp.full((batch,), 1.0 + index * step)
-            suffix_BSE = self.flow.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
-            suffix_BSE = self.flow.suffix_with_cache(cache, suffix_BSE, suffix_positions_BS, mask_BSX)
-            noisy_BHA = noisy_BHA + step * self.flow.expert.velocity(suffix_BSE)
-        return noisy_BHA
+        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
+        return self.flow.sample(self._layers(), prefix, proprio_BD, rng, num_steps, use_cache)
 
     def __call__(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
         """Touches every parameter (for init)."""

@@ -33,16 +33,16 @@ class ActionBins:
     low: float = -1.0
     high: float = 1.0
 
-    def encode(self, actions: np.ndarray) -> np.ndarray:
-        """float [..., A] -> int32 token ids [..., A] in [vocab_size - n_bins, vocab_size)."""
-        unit = (np.clip(actions, self.low, self.high) - self.low) / (self.high - self.low)
-        bins = np.minimum(np.floor(unit * self.n_bins).astype(np.int32), self.n_bins - 1)
-        return (self.vocab_size - self.n_bins + bins).astype(np.int32)
+    def encode(self, actions, xp=np):
+        """float [..., A] -> int32 token ids [..., A] in [vocab_size - n_bins, vocab_size); `xp`: numpy or jax.numpy."""
+        unit = (xp.clip(actions, self.low, self.high) - self.low) / (self.high - self.low)
+        bins = xp.minimum(xp.floor(unit * self.n_bins).astype(xp.int32), self.n_bins - 1)
+        return (self.vocab_size - self.n_bins + bins).astype(xp.int32)
 
-    def decode(self, token_ids: np.ndarray) -> np.ndarray:
+    def decode(self, token_ids, xp=np):
         """Token ids -> bin centers; ids outside the action range are clipped into it."""
-        bins = np.clip(np.asarray(token_ids) - (self.vocab_size - self.n_bins), 0, self.n_bins - 1)
-        return (self.low + (bins + 0.5) * (self.high - self.low) / self.n_bins).astype(np.float32)
+        bins = xp.clip(xp.asarray(token_ids) - (self.vocab_size - self.n_bins), 0, self.n_bins - 1)
+        return (self.low + (bins + 0.5) * (self.high - self.low) / self.n_bins).astype(xp.float32)
 
 
 def dct_matrix(length: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -44,22 +44,30 @@ import ml_collections
 import numpy as np
 
 from octo_like.hf.clip import clip_config_from_hf, load_clip_params
+from octo_like.hf.paligemma import load_paligemma_params
 from octo_like.model import release
 from octo_like.model.language.minilm import BertConfig, BertEncoder, load_bert_params
+from octo_like.model.lora import init_lora, merge_lora
 from octo_like.model.tokenizers import language_mask
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig, CLIPModel
+from octo_like.model.vla import VLANetwork, load_fast_tokenizer, make_vla_network, resolve_vla_config
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_atomically, write_text_atomically
+from octo_like.utils.sharding import place_params
 from octo_like.utils.text import FixedLengthTokenizer
 
 LANGUAGE_ENCODER = "language_encoder"
 CLIP = "clip"
-LANGUAGE_ENCODERS = ("minilm", "clip")
+LANGUAGE_ENCODERS = ("minilm", "clip", "backbone")
 RELEASE_TOKENIZER = "tokenizer.json"
+RELEASE_FAST_TOKENIZER = "fast_tokenizer"
+LORA = "lora"
+# With LoRA, the pretrained stacks (the VLM and the expert's Gemma layers) stay frozen.
+LORA_FROZEN_KEYS = ("backbone/*", "flow/expert/layers_*")
 
 
 def _plain(tree: Any) -> Any:
@@ -161,6 +169,8 @@ def resolve_model_config(model_config: Mapping) -> dict:
     """`model_config` with the CLIP architecture written into `clip.config` (from the checkpoint's
     config.json, else the `size` preset), as the release stores it."""
     model_config = _plain(model_config)
+    if model_config.get("vla") is not None:
+        model_config = {**model_config, "vla": resolve_vla_config(model_config["vla"])}
     clip = model_config.get("clip")
     if clip is None or clip.get("config") is not None:
         return model_config
@@ -174,12 +184,17 @@ def resolve_model_config(model_config: Mapping) -> dict:
     return {**model_config, "clip": {**clip, "config": clip_config.to_dict()}}
 
 
-def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork:
+def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLANetwork:
     model_config = resolve_model_config(model_config)
     language = model_config.get("language")
     encoder = (language or {}).get("encoder", "minilm")
     if encoder not in LANGUAGE_ENCODERS:
         raise InputError(f"model.language.encoder='{encoder}'; expected one of {', '.join(LANGUAGE_ENCODERS)}")
+    if (encoder == "backbone") != (model_config.get("vla") is not None):
+        raise InputError(f"model.language.encoder='{encoder}' with{'out' if model_config.get('vla') is None else ''} a model.vla section; "
+                         "expected encoder='backbone' exactly when the VLA backbone reads the instruction")
+    if model_config.get("vla") is not None:
+        return make_vla_network(model_config["vla"])
     clip = model_config.get("clip")
     if encoder == "clip" and clip is None:
         raise InputError("model.language.encoder='clip' needs a model.clip section")
@@ -237,15 +252,41 @@ class PolicyModel:
 
     @property
     def frozen_keys(self) -> tuple[str, ...]:
-        """Parameter patterns the optimizer must never update: the pretrained frozen encoders."""
-        return tuple(f"{name}/*" for name in (LANGUAGE_ENCODER, CLIP) if name in self.params)
+        """Parameter patterns the optimizer must never update: the pretrained frozen encoders, and
+        with LoRA the adapted base stacks."""
+        frozen = tuple(f"{name}/*" for name in (LANGUAGE_ENCODER, CLIP) if name in self.params)
+        return frozen + (LORA_FROZEN_KEYS if LORA in self.params else ())
+
+    def _lora_alpha(self) -> float:
+        return float(self.config["model"]["vla"]["lora"]["alpha"])
+
+    def network_params(self, params: dict) -> dict:
+        """The tree the network applies: with LoRA, the base with the low-rank updates merged in."""
+        if LORA not in params:
+            return params
+        base = {name: value for name, value in params.items() if name != LORA}
+        return merge_lora(base, params[LORA], self._lora_alpha())
+
+    def with_lora_merged(self) -> "PolicyModel":
+        """A model without LoRA whose parameters are the merged ones (for release and inference)."""
+        if LORA not in self.params:
+            return self
+        model_config = {**self.config["model"], "vla": {**self.config["model"]["vla"], "lora": None}}
+        return PolicyModel(self.module, self.network_params(self.params), {**self.config, "model": model_config},
+                           self.example_batch, self.dataset_statistics)
 
     @property
     def window_size(self) -> int:
         return self.example_batch["observation"]["timestep_pad_mask"].shape[1]
 
     @classmethod
-    def create(cls, config: Mapping, example_batch: Mapping, dataset_statistics: Mapping, rng: jax.Array) -> "PolicyModel":
+    def create(cls, config: Mapping, example_batch: Mapping, dataset_statistics: Mapping, rng: jax.Array,
+               shardings_of: Callable[[Any], Any] | None = None) -> "PolicyModel":
+        """A new model: initialized parameters with the configured pretrained parts loaded.
+
+        With `shardings_of` (parameter shapes -> a tree of NamedSharding, e.g. the trainer's FSDP
+        rules), the parameters are initialized directly in that layout and the loaded checkpoints
+        are placed slice by slice, so that no device ever holds the whole model."""
         config = _plain(config)
         config = {**config, "model": resolve_model_config(config["model"])}
         example_batch = jax.tree_util.tree_map(np.asarray, dict(example_batch))
@@ -256,34 +297,51 @@ class PolicyModel:
         module = make_network(config["model"], window_size)
         observation, task = _model_inputs(example_batch)
         params_rng, dropout_rng = jax.random.split(rng)
-        params = jax.jit(lambda rngs: module.init(rngs, observation, task, train=False))(
-            {"params": params_rng, "dropout": dropout_rng}
-        )["params"]
-        params = flax.core.unfreeze(params)
+        rngs = {"params": params_rng, "dropout": dropout_rng}
+
+        def init(rngs):
+            return flax.core.unfreeze(module.init(rngs, observation, task, train=False)["params"])
+
+        out_shardings = None if shardings_of is None else shardings_of(jax.eval_shape(init, rngs))
+        params = jax.jit(init, out_shardings=out_shardings)(rngs)
+        # Loaded weights stay on the host until placed: on the mesh, or on the default device.
+        as_arrays = (lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)) if shardings_of is None else (lambda tree: tree)
         if LANGUAGE_ENCODER in params:
             checkpoint = config["model"]["language"].get("checkpoint") or installed_minilm_dir()
-            params[LANGUAGE_ENCODER] = jax.tree_util.tree_map(jnp.asarray, load_bert_params(checkpoint)[1])
+            params[LANGUAGE_ENCODER] = as_arrays(load_bert_params(checkpoint)[1])
         clip_checkpoint = (config["model"].get("clip") or {}).get("checkpoint")
         if CLIP in params and clip_checkpoint:
             pretrained = load_clip_params(clip_checkpoint, module.clip_config)
             # Only the parts the policy uses exist (no vision tower without image tokenizers).
             params[CLIP] = {name: pretrained[name] for name in params[CLIP]}
-        return cls(module, params, config, example_batch, jax.tree_util.tree_map(np.asarray, dict(dataset_statistics)))
+        if isinstance(module, VLANetwork):
+            largest_id = int(np.max(task["language_instruction"]["input_ids"])) if "language_instruction" in task else -1
+            check_instruction_vocabulary(largest_id + 1, module.backbone_config.text.vocab_size)
+            backbone_checkpoint = config["model"]["vla"]["backbone"].get("checkpoint")
+            if backbone_checkpoint:
+                params["backbone"] = as_arrays(load_paligemma_params(backbone_checkpoint, module.backbone_config))
+        params = add_lora(params, config["model"], jax.random.fold_in(rng, 2))
+        if shardings_of is not None:
+            params = place_params(params, shardings_of(params))
+        model = cls(module, params, config, example_batch, jax.tree_util.tree_map(np.asarray, dict(dataset_statistics)))
+        if isinstance(module, VLANetwork) and model.text_tokenizer is not None:
+            check_instruction_vocabulary(model.text_tokenizer.vocab_size, module.backbone_config.text.vocab_size)
+        return model
 
     def loss(self, params: dict, batch: Mapping, rng: jax.Array, train: bool):
         """(loss, metrics) of a batch; what scripts/train.py differentiates."""
         observation, task = _model_inputs(batch)
         return self.module.apply(
-            {"params": params}, observation, task, batch["action"], batch["action_pad_mask"],
-            rng=rng, train=train, method=PolicyNetwork.loss, rngs={"dropout": rng},
+            {"params": self.network_params(params)}, observation, task, batch["action"], batch["action_pad_mask"],
+            rng=rng, train=train, method=type(self.module).loss, rngs={"dropout": rng},
         )
 
     def action_mse(self, params: dict, batch: Mapping, rng: jax.Array) -> dict:
         """{"<head>_action_mse": ...} of a batch: how far sampled chunks are from the targets."""
         observation, task = _model_inputs(batch)
         return self.module.apply(
-            {"params": params}, observation, task, batch["action"], batch["action_pad_mask"], rng=rng,
-            method=PolicyNetwork.action_mse,
+            {"params": self.network_params(params)}, observation, task, batch["action"], batch["action_pad_mask"], rng=rng,
+            method=type(self.module).action_mse,
         )
 
     def create_tasks(self, texts: list[str] | None = None, goals: Mapping[str, np.ndarray] | None = None) -> dict:
@@ -315,8 +373,8 @@ class PolicyModel:
         if key not in self._sample_fns:
             self._sample_fns[key] = jax.jit(
                 lambda params, observation, task, rng: self.module.apply(
-                    {"params": params}, observation, task, rng=rng, head=head, sampling=sampling,
-                    method=PolicyNetwork.predict_action,
+                    {"params": self.network_params(params)}, observation, task, rng=rng, head=head, sampling=sampling,
+                    method=type(self.module).predict_action,
                 )
             )
         actions_BTHA = self._sample_fns[key](self.params, observation, task, rng)
@@ -360,6 +418,10 @@ class PolicyModel:
             tokenizer_bytes = pathlib.Path(self.text_tokenizer.tokenizer_json).read_bytes()
             path = os.path.join(run_dir, RELEASE_TOKENIZER)
             write_atomically(path, lambda temp_path: pathlib.Path(temp_path).write_bytes(tokenizer_bytes))
+        fast_dir = ((self.config["model"].get("vla") or {}).get("action") or {}).get("fast_tokenizer")
+        if fast_dir and os.path.abspath(fast_dir) != os.path.abspath(os.path.join(run_dir, RELEASE_FAST_TOKENIZER)):
+            # The FAST tokenizer travels with the release too: a release decodes its actions on its own.
+            load_fast_tokenizer(fast_dir).save(os.path.join(run_dir, RELEASE_FAST_TOKENIZER))
 
     @classmethod
     def load_pretrained(cls, run_dir: str, step: int | None = None) -> "PolicyModel":
@@ -375,13 +437,42 @@ class PolicyModel:
         if os.path.isfile(os.path.join(run_dir, RELEASE_TOKENIZER)):
             language = {**config["model"]["language"], "tokenizer_json": os.path.join(run_dir, RELEASE_TOKENIZER)}
             config["model"] = {**config["model"], "language": language}
+        if os.path.isdir(os.path.join(run_dir, RELEASE_FAST_TOKENIZER)):
+            vla = config["model"]["vla"]
+            action = {**vla["action"], "fast_tokenizer": os.path.join(run_dir, RELEASE_FAST_TOKENIZER)}
+            config["model"] = {**config["model"], "vla": {**vla, "action": action}}
         module = make_network(config["model"], example_batch["observation"]["timestep_pad_mask"].shape[1])
         observation, task = _model_inputs(example_batch)
-        params_like = jax.eval_shape(
-            lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, observation, task)["params"]
-        )
-        params, _ = release.restore_params(run_dir, flax.core.unfreeze(params_like), step)
+        params_like = jax.eval_shape(lambda: add_lora(
+            flax.core.unfreeze(module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, observation, task)["params"]),
+            config["model"], jax.random.key(2)))
+        params, _ = release.restore_params(run_dir, params_like, step)
         return cls(module, params, config, example_batch, statistics)
+
+
+def declared_action_chunks(model_config: Mapping) -> list[tuple[str, int, str, int]]:
+    """(horizon key, horizon, action_dim key, action_dim) of every action output: what the data must match."""
+    vla = model_config.get("vla")
+    if vla is not None:
+        return [("model.vla.action.horizon", vla["action"]["horizon"], "model.vla.action.action_dim", vla["action"]["action_dim"])]
+    return [(f"model.heads.{name}.kwargs.action_horizon", head["kwargs"]["action_horizon"],
+             f"model.heads.{name}.kwargs.action_dim", head["kwargs"]["action_dim"]) for name, head in model_config["heads"].items()]
+
+
+def add_lora(params: dict, model_config: Mapping, rng: jax.Array) -> dict:
+    """`params` plus the LoRA factors (`params["lora"]`) when the config asks for them."""
+    lora = (model_config.get("vla") or {}).get("lora")
+    if lora is None:
+        return params
+    return {**params, LORA: init_lora(params, lora["targets"], int(lora["rank"]), rng)}
+
+
+def check_instruction_vocabulary(num_ids: int, vocab_size: int) -> None:
+    """Instruction ids index the backbone's embedding (an id past it would silently read a clamped
+    row): one line when the tokenizer's ids, or the data's, reach past the vocabulary."""
+    if num_ids > vocab_size:
+        raise InputError(f"instruction token ids reach {num_ids - 1}; the backbone's vocabulary has {vocab_size} ids "
+                         "(expected the checkpoint's own tokenizer in model.language.tokenizer_json and the dataset's text_tokenizer)")
 
 
 def with_normalization_settings(statistics: Mapping, normalization_type: str, action_mask=None, proprio_mask=None) -> dict:

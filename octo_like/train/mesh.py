@@ -16,19 +16,36 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octo_like.utils.errors import InputError
-from octo_like.utils.sharding import BATCH_AXES
+from octo_like.utils.sharding import BATCH_AXES, place_params
 TENSOR_AXIS = "tensor"
 FSDP_MIN_SIZE = 2**14  # smaller arrays cost more in all-gathers than they save in memory
 
 ShardingRules = list[tuple[str, PartitionSpec]]
 
+# FSDP for the VLA (PaliGemma + action expert, up to the 3B backbone): every large kernel split
+# along its model-width axis (the input of q/k/v/gate/up and fc1, the output of o/down and fc2,
+# the embedding's columns), because the widths (Gemma 2048, expert 1024, SigLIP 1152) divide by
+# every power-of-two device count up to 128, where the vocabulary (257216 = 64 x 4019) and SigLIP's
+# MLP (4304) do not. Everything else (norms, biases, the patch convolution, LoRA factors) falls to
+# the default FSDP rule. Config form: (regex, spec as a tuple), as `sharding_rules` holds them.
+VLA_FSDP_RULES = [
+    (r"embed_tokens/embedding$", (None, "fsdp")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|fc1)/kernel$", ("fsdp", None)),
+    (r"(o_proj|out_proj|down_proj|fc2)/kernel$", (None, "fsdp")),
+]
+
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | None = None) -> Mesh:
-    """A (data, fsdp[, tensor]) mesh over `devices` (default: all); data=-1 takes the remaining devices.
+    """A (data, fsdp[, tensor]) mesh over `devices` (default: all); data=-1 (or fsdp=-1, with a
+    positive data) takes the remaining devices.
 
     The `tensor` axis exists only when tensor > 1, so shardings written for (data, fsdp) keep working.
     """
     devices = list(devices if devices is not None else jax.devices())
+    if fsdp == -1 and isinstance(data, int) and data >= 1 and isinstance(tensor, int) and tensor >= 1:
+        if len(devices) % (data * tensor):
+            raise InputError(f"mesh data={data} x tensor={tensor} does not divide the {len(devices)} devices (fsdp=-1 takes the rest)")
+        fsdp = len(devices) // (data * tensor)
     for name, size in (("fsdp", fsdp), ("tensor", tensor)):
         if not isinstance(size, int) or size < 1:
             raise InputError(f"mesh {name}={size!r} must be a positive integer")
@@ -121,20 +138,8 @@ def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec
 
 def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
     """`params` (any pytree of host values or single-device arrays, the same in every process)
-    placed on the mesh with `param_shardings`.
-
-    Every device receives only its own slice, cut from the host copy: no device ever holds a whole
-    FSDP-sharded array, and with several processes each fills only its own devices (device_put
-    cannot address another process's devices).
-    """
-    return jax.tree_util.tree_map(_place, params, param_shardings(params, mesh, rules, fsdp_min_size))
-
-
-def _place(value, sharding: NamedSharding) -> jax.Array:
-    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):  # typed keys travel as their raw data
-        return jax.random.wrap_key_data(_place(jax.random.key_data(value), sharding), impl=jax.random.key_impl(value))
-    host_value = np.asarray(value)
-    return jax.make_array_from_callback(host_value.shape, sharding, lambda index: host_value[index])
+    placed on the mesh with `param_shardings` (see `place_params`)."""
+    return place_params(params, param_shardings(params, mesh, rules, fsdp_min_size))
 
 
 def _checked_rule_spec(path: str, shape: tuple, pattern: str, spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:

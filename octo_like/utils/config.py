@@ -18,13 +18,8 @@ from ml_collections import config_dict
 from octo_like.utils.errors import InputError
 
 
-def load_config(config_arg: str) -> ml_collections.ConfigDict:
-    """The ConfigDict of "path/to/file.py" or "path/to/file.py:variant".
-
-    Calls the file's `get_config()`, or `get_config(variant)` when a variant is given: exactly what
-    `config_flags.DEFINE_config_file` does, so a check here sees the config the flag will hold.
-    """
-    path, *variant = config_arg.split(":", 1)
+def load_config_module(path: str):
+    """The imported python file of a config (for configs that build on another's helpers)."""
     if not os.path.isfile(path):
         raise InputError(f"config file '{path}' not found; expected --config path/to/config.py[:variant]")
     module_spec = importlib.util.spec_from_file_location("octo_like_config_file", path)
@@ -32,6 +27,17 @@ def load_config(config_arg: str) -> ml_collections.ConfigDict:
         raise InputError(f"config file '{path}' cannot be imported; expected a .py file")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load_config(config_arg: str) -> ml_collections.ConfigDict:
+    """The ConfigDict of "path/to/file.py" or "path/to/file.py:variant".
+
+    Calls the file's `get_config()`, or `get_config(variant)` when a variant is given: exactly what
+    `config_flags.DEFINE_config_file` does, so a check here sees the config the flag will hold.
+    """
+    path, *variant = config_arg.split(":", 1)
+    module = load_config_module(path)
     if not callable(getattr(module, "get_config", None)):
         raise InputError(f"config file '{path}' has no get_config function; expected get_config(variant=None)")
     config = module.get_config(*variant)

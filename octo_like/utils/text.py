@@ -34,6 +34,10 @@ class FixedLengthTokenizer:
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Strings -> {"input_ids", "attention_mask"}: int32 [len(texts), max_length]."""
         ids, mask = self._encode_bytes(np.array([text.encode() for text in texts], dtype=object))

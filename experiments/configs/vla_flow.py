@@ -1,0 +1,29 @@
+"""A pi0-style policy on Meta-World: a PaliGemma backbone and a flow-matching action expert.
+
+    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown --episodes_per_task 6 --image_size 64
+    python scripts/train.py --config experiments/configs/vla_flow.py --config.run_dir=runs/vla_flow
+    python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/vla_flow \
+        --tasks=reach,drawer-open,button-press-topdown --episodes=20 --image_size=64
+
+Variant: none, or any of `lora` (rank-16 LoRA on the attention and MLP of the backbone and of the
+expert, both bases frozen) and `pod` (the 3B backbone with pi0's width-1024 expert, 224x224
+cameras, FSDP over every device, bf16, multi-host auto-detection): `lora`, `pod`, `lora,pod`.
+`--config.backbone_checkpoint=/path/to/paligemma` starts from PaliGemma weights (see vla_tokens.py).
+
+Model: vla_tokens.py's prefix (both cameras of the current step and the instruction, attending
+bidirectionally), the proprio and the 4-action chunk as the expert's suffix (width 64 next to
+the tiny backbone's 128, same attention geometry), flow matching with t ~ Beta(1.5, 1), 10 Euler
+steps at inference on a prefix KV cache. Actions and proprio are normalized to mean 0, std 1.
+"""
+
+import os
+
+import ml_collections
+
+from octo_like.utils.config import load_config_module
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    options = [option for option in (variant or "").split(",") if option]
+    vla_tokens = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "vla_tokens.py"))
+    return vla_tokens.vla_config("flow", options, run_name="_".join(["vla_flow", *options]))
