@@ -79,3 +79,29 @@ def test_an_expert_with_another_attention_geometry_fails_in_one_line(setup):
     bad = Pi0(model.paligemma_config, dataclasses.replace(model.expert_config, num_heads=2), action_dim=A, horizon=H)
     with pytest.raises(InputError, match="action expert num_heads=2 must equal the VLM's 4"):
         bad.init(jax.random.key(0), *inputs, proprio, jnp.zeros((2, H, A)), jnp.ones(2))
+
+
+def test_adaptive_rms_blocks_start_as_the_identity_and_depend_on_the_time_once_trained():
+    from octo_like.model.action_expert import AdaptiveGemmaDecoderLayer
+    from octo_like.model.language.gemma import GEMMA_SIZES
+
+    config = dataclasses.replace(GEMMA_SIZES["tiny"], hidden_size=16, num_heads=2, head_dim=8, intermediate_size=32)
+    layer = AdaptiveGemmaDecoderLayer(config)
+    x_BSE, positions_BS = jax.random.normal(jax.random.key(0), (2, 3, 16)), jnp.broadcast_to(jnp.arange(3), (2, 3))
+    cond_BE = jax.random.normal(jax.random.key(1), (2, 16))
+    attended_BSNH = jax.random.normal(jax.random.key(2), (2, 3, 2, 8))
+
+    def forward(params, cond_BE):
+        query, _, _ = layer.apply({"params": params}, x_BSE, positions_BS, cond_BE, method=AdaptiveGemmaDecoderLayer.qkv)
+        return query, layer.apply({"params": params}, x_BSE, attended_BSNH, cond_BE, method=AdaptiveGemmaDecoderLayer.after_attention)
+
+    def both(module, cond_BE):  # touches every parameter
+        return module.qkv(x_BSE, positions_BS, cond_BE), module.after_attention(x_BSE, attended_BSNH, cond_BE)
+
+    params = layer.init(jax.random.key(3), cond_BE, method=both)["params"]
+    query_a, out_a = forward(params, cond_BE)
+    np.testing.assert_array_equal(out_a, x_BSE)  # zero gates: the residual stream passes unchanged
+    np.testing.assert_array_equal(query_a, forward(params, -cond_BE)[0])  # zero modulation: the time has no effect yet
+    params = jax.tree_util.tree_map(lambda x: x + 0.1, params)
+    query_b, out_b = forward(params, cond_BE)
+    assert not np.allclose(out_b, x_BSE) and not np.allclose(query_b, forward(params, -cond_BE)[0])

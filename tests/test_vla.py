@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -101,9 +100,7 @@ def test_fast_policy_trains_decodes_valid_chunks_and_flags_invalid_ones(tmp_path
     assert losses[-1] < 0.05 * losses[0]
     metrics = jax.jit(model.action_mse)(model.params, batch, jax.random.key(0))
     assert float(metrics["action_fast_invalid_fraction"]) == 0.0 and float(metrics["action_action_mse"]) < 0.01
-    task = model.create_tasks(texts=["open the drawer"])
-    np.testing.assert_array_equal(model.sample_actions(first_row(batch), task, rng=jax.random.key(1)),
-                                  model.sample_actions(first_row(batch), task, rng=jax.random.key(1), use_cache=False))
+    # (Cached decoding equals rerunning for any action ids: the bins test checks it.)
     # Host decoding: an immediate end token, or ids that spell too few coefficients, give zeros and False.
     vocab = VLA_SIZES["tiny"].text.vocab_size
     ids = np.full((2, 32), vocab - 1, np.int32)
@@ -112,10 +109,10 @@ def test_fast_policy_trains_decodes_valid_chunks_and_flags_invalid_ones(tmp_path
     assert decoded.shape == (2, 4, 4) and not valid.any() and not decoded.any()
 
 
-def test_flow_policy_with_lora_trains_only_the_factors_and_releases_merged(tmp_path):
+def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_releases_merged(tmp_path):
     batch = metaworld_like_batch()
-    model = PolicyModel.create(vla_config("vla_flow.py:lora"), batch, STATISTICS, jax.random.key(0))
-    assert {"backbone/*", "flow/expert/layers_*"} <= set(model.frozen_keys) and "lora" in model.params
+    model = PolicyModel.create(vla_config("vla_flow.py:lora,adarms"), batch, STATISTICS, jax.random.key(0))
+    assert "backbone/*" in model.frozen_keys and "lora" in model.params
     before = jax.tree_util.tree_map(np.asarray, model.params)
     losses, _ = train(model, batch, 12)
     assert np.isfinite(losses).all() and np.mean(losses[-4:]) < np.mean(losses[:4])
@@ -127,6 +124,10 @@ def test_flow_policy_with_lora_trains_only_the_factors_and_releases_merged(tmp_p
                                   before["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"])
     assert not np.array_equal(after["lora"]["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"]["b"], 0)
     assert not np.array_equal(after["flow"]["expert"]["action_out"]["kernel"], before["flow"]["expert"]["action_out"]["kernel"])
+    # adaRMS: the time modulation starts at zero and trains (it is new, not part of the frozen base).
+    modulation = "flow", "expert", "layers_0", "input_layernorm", "modulation", "kernel"
+    assert not before[modulation[0]][modulation[1]][modulation[2]][modulation[3]][modulation[4]][modulation[5]].any()
+    assert after[modulation[0]][modulation[1]][modulation[2]][modulation[3]][modulation[4]][modulation[5]].any()
 
     task = model.create_tasks(texts=["open the drawer"])
     sample = lambda m, **kw: np.asarray(m.sample_actions(first_row(batch), task, rng=jax.random.key(3), **kw))  # noqa: E731
@@ -136,7 +137,9 @@ def test_flow_policy_with_lora_trains_only_the_factors_and_releases_merged(tmp_p
     assert "lora" not in merged.params and merged.config["model"]["vla"]["lora"] is None
     np.testing.assert_allclose(sample(merged), expected, atol=1e-5)
     model.save_pretrained(5, str(tmp_path / "lora_run"))
-    np.testing.assert_array_equal(sample(PolicyModel.load_pretrained(str(tmp_path / "lora_run"))), expected)
+    loaded = PolicyModel.load_pretrained(str(tmp_path / "lora_run"))
+    for got, want in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(after), strict=True):
+        np.testing.assert_array_equal(got, want)  # LoRA factors included
 
     # The evaluation harness runs the release: Meta-World, the checkpoint policy, results.json.
     merged.save_pretrained(5, str(tmp_path / "merged_run"))

@@ -45,14 +45,15 @@ ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
 ACTION_HORIZON = 4  # metaworld_scratch.py's chunk (its data section is used)
 CAMERAS = ("primary", "wrist")
 KINDS = ("bins", "fast")
-OPTIONS = ("lora", "pod")
+OPTIONS = ("lora", "pod", "adarms")
 
 
 def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.ConfigDict:
     """The VLA run for action `kind` ("bins", "fast" or "flow"); vla_flow.py builds on it."""
-    unknown = sorted(set(options) - set(OPTIONS))
+    allowed = OPTIONS if kind == "flow" else tuple(option for option in OPTIONS if option != "adarms")
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InputError(f"unknown option(s) {unknown}; expected any of {', '.join(OPTIONS)}")
+        raise InputError(f"unknown option(s) {unknown}; expected any of {', '.join(allowed)}")
     pod = "pod" in options
     config = training_run_config(run_dir=f"runs/{run_name}", num_steps=1500)
     # One reference, read by the backbone, its inference tokenizer and the data pipeline's tokenizer.
@@ -70,6 +71,8 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
     action = dict(kind=kind, horizon=ACTION_HORIZON, action_dim=ACTION_DIM, fast_tokenizer=config_dict.placeholder(str))
     if kind == "flow" and pod:
         action["expert"] = dict(hidden_size=1024, intermediate_size=4096)  # pi0's Gemma-300M expert
+    if kind == "flow":
+        action["time_conditioning"] = "adarms" if "adarms" in options else "concat"
     config.model = ml_collections.ConfigDict(dict(
         language=dict(encoder="backbone", max_length=text_tokenizer.max_length, tokenizer_json=checkpoint),
         vla=dict(

@@ -13,8 +13,9 @@ and runs only the suffix in each of the Euler steps.
 
 Flow matching in pi0's convention: x_t = t * noise + (1 - t) * actions, the network predicts the
 velocity noise - actions, t ~ Beta(1.5, 1) (mostly noisy times) kept in [0.001, 1]; sampling goes
-from t = 1 to 0 in `num_steps` Euler steps. The time enters each action token: concat(action
-embedding, sin-cos time embedding) -> Dense -> swish -> Dense.
+from t = 1 to 0 in `num_steps` Euler steps. The time enters each action token (pi0: concat(action
+embedding, sin-cos time embedding) -> Dense -> swish -> Dense), or modulates every norm of the
+expert (pi0.5's adaRMS, `time_conditioning="adarms"`).
 """
 
 from typing import NamedTuple
@@ -23,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from octo_like.model.language.gemma import GemmaConfig, GemmaDecoderLayer, RMSNorm
+from octo_like.model.language.gemma import GemmaAttention, GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
 from octo_like.utils.errors import InputError
 
@@ -56,32 +57,96 @@ def time_features(time_B: jax.Array, width: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles_BF), jnp.cos(angles_BF)], axis=1)
 
 
+TIME_CONDITIONINGS = ("concat", "adarms")
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """RMSNorm whose scale and shift come from the flow time (pi0.5's adaRMS), and a gate for the
+    residual branch it feeds. The modulation starts at zero, so every expert block starts as the
+    identity (DiT's adaLN-Zero) and the norm as a plain normalization."""
+
+    eps: float
+
+    @nn.compact
+    def __call__(self, x_BSE: jax.Array, cond_BE: jax.Array) -> tuple[jax.Array, jax.Array]:
+        width = x_BSE.shape[-1]
+        x32 = x_BSE.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        modulation_B1X = nn.Dense(3 * width, kernel_init=nn.initializers.zeros, name="modulation")(cond_BE)[:, None]
+        scale, shift, gate = jnp.split(modulation_B1X.astype(jnp.float32), 3, axis=-1)
+        return (normed * (1.0 + scale) + shift).astype(x_BSE.dtype), gate.astype(x_BSE.dtype)
+
+
+class AdaptiveGemmaDecoderLayer(nn.Module):
+    """A Gemma block for the expert with adaptive norms and gated residual branches; split around
+    the attention like GemmaDecoderLayer, with the time conditioning `cond_BE` as an extra input."""
+
+    config: GemmaConfig
+
+    def setup(self):
+        eps = self.config.rms_norm_eps
+        self.input_layernorm = AdaptiveRMSNorm(eps)
+        self.self_attn = GemmaAttention(self.config)
+        self.post_attention_layernorm = AdaptiveRMSNorm(eps)
+        self.mlp = GemmaMLP(self.config)
+
+    def qkv(self, x_BSE: jax.Array, positions_BS: jax.Array, cond_BE: jax.Array):
+        return self.self_attn.project(self.input_layernorm(x_BSE, cond_BE)[0], positions_BS)
+
+    def after_attention(self, x_BSE: jax.Array, attended_BSNH: jax.Array, cond_BE: jax.Array) -> jax.Array:
+        _, attention_gate = self.input_layernorm(x_BSE, cond_BE)
+        x_BSE = x_BSE + attention_gate * self.self_attn.output(attended_BSNH)
+        normed_BSE, mlp_gate = self.post_attention_layernorm(x_BSE, cond_BE)
+        return x_BSE + mlp_gate * self.mlp(normed_BSE)
+
+
 class ActionExpert(nn.Module):
     """The suffix stream: embeds proprio and noisy actions, runs the expert layers jointly with the
-    VLM's layers (passed in as `vlm_layers`), and reads the velocity off the action tokens."""
+    VLM's layers (passed in as `vlm_layers`), and reads the velocity off the action tokens.
+
+    The time enters as pi0 does (`concat`: into every action token, through an MLP) or as pi0.5
+    does (`adarms`: an MLP of the time modulates every norm of the expert; the action tokens are
+    the actions alone)."""
 
     config: GemmaConfig
     action_dim: int
     horizon: int
+    time_conditioning: str = "concat"
 
     def setup(self):
+        if self.time_conditioning not in TIME_CONDITIONINGS:
+            raise InputError(f"time_conditioning='{self.time_conditioning}'; expected one of {', '.join(TIME_CONDITIONINGS)}")
         width = self.config.hidden_size
-        self.layers = [GemmaDecoderLayer(self.config, name=f"layers_{index}") for index in range(self.config.num_layers)]
-        self.norm = RMSNorm(self.config.rms_norm_eps)
+        adaptive = self.time_conditioning == "adarms"
+        layer = AdaptiveGemmaDecoderLayer if adaptive else GemmaDecoderLayer
+        self.layers = [layer(self.config, name=f"layers_{index}") for index in range(self.config.num_layers)]
+        self.norm = AdaptiveRMSNorm(self.config.rms_norm_eps) if adaptive else RMSNorm(self.config.rms_norm_eps)
         self.proprio_in = nn.Dense(width)
         self.action_in = nn.Dense(width)
         self.time_mlp_in = nn.Dense(width)
         self.time_mlp_out = nn.Dense(width)
         self.action_out = nn.Dense(self.action_dim)
 
-    def embed_suffix(self, proprio_BD, noisy_actions_BHA, time_B) -> jax.Array:
+    def embed_suffix(self, proprio_BD, noisy_actions_BHA, time_B) -> tuple[jax.Array, dict]:
+        """(suffix tokens [B, 1 + H, E], the keyword arguments the expert layers take: the time
+        conditioning for adaRMS, nothing for concat)."""
         actions_BHE = self.action_in(noisy_actions_BHA)
-        time_BHE = jnp.broadcast_to(time_features(time_B, actions_BHE.shape[-1])[:, None], actions_BHE.shape)
-        actions_BHE = self.time_mlp_out(nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1))))
-        return jnp.concatenate([self.proprio_in(proprio_BD)[:, None], actions_BHE], axis=1)
+        width = actions_BHE.shape[-1]
+        time_BE = time_features(time_B, width).astype(actions_BHE.dtype)
+        if self.time_conditioning == "adarms":
+            conditioning = {"cond_BE": nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_BE))))}
+        else:
+            time_BHE = jnp.broadcast_to(time_BE[:, None], actions_BHE.shape)
+            actions_BHE = self.time_mlp_out(nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1))))
+            conditioning = {}
+        return jnp.concatenate([self.proprio_in(proprio_BD)[:, None], actions_BHE], axis=1), conditioning
 
-    def velocity(self, suffix_BSE: jax.Array) -> jax.Array:
-        return self.action_out(self.norm(suffix_BSE)[:, 1:])
+    def velocity(self, suffix_BSE: jax.Array, conditioning: dict) -> jax.Array:
+        if conditioning:
+            normed_BSE, _ = self.norm(suffix_BSE, conditioning["cond_BE"])
+        else:
+            normed_BSE = self.norm(suffix_BSE)
+        return self.action_out(normed_BSE[:, 1:])
 
 
 class Prefix(NamedTuple):
@@ -114,28 +179,29 @@ class PrefixWithExpert(nn.Module):
     expert_config: GemmaConfig
     action_dim: int
     horizon: int
+    time_conditioning: str = "concat"
 
     def setup(self):
         check_expert_geometry(self.vlm_config, self.expert_config)
-        self.expert = ActionExpert(self.expert_config, self.action_dim, self.horizon)
+        self.expert = ActionExpert(self.expert_config, self.action_dim, self.horizon, self.time_conditioning)
 
     @staticmethod
     def _attend(query, keys, values, mask):
         return jax.nn.dot_product_attention(query, keys, values, mask=mask[:, None])
 
-    def joint(self, vlm_layers, prefix: Prefix, suffix_BSE, mask_BXX):
+    def joint(self, vlm_layers, prefix: Prefix, suffix_BSE, conditioning: dict, mask_BXX):
         """Both streams through every layer; returns (prefix hidden, suffix hidden), not final-normed."""
         prefix_BPC, length = prefix.embeddings_BPC, prefix.embeddings_BPC.shape[1]
         suffix_positions_BS = prefix.suffix_positions(suffix_BSE.shape[1])
         for vlm_layer, expert_layer in zip(vlm_layers, self.expert.layers):
             query_p, key_p, value_p = vlm_layer.qkv(prefix_BPC, prefix.positions_BP)
-            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS)
+            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS, **conditioning)
             keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
             values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
             attended_p = self._attend(query_p, keys, values, mask_BXX[:, :length])
             attended_s = self._attend(query_s.astype(keys.dtype), keys, values, mask_BXX[:, length:])
             prefix_BPC = vlm_layer.after_attention(prefix_BPC, attended_p)
-            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
+            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype), **conditioning)
         return prefix_BPC, suffix_BSE
 
     def prefix_cache(self, vlm_layers, prefix: Prefix) -> list:
@@ -147,21 +213,21 @@ class PrefixWithExpert(nn.Module):
             prefix_BPC = vlm_layer.after_attention(prefix_BPC, self._attend(query_p, key_p, value_p, prefix.mask_BPP))
         return cache
 
-    def suffix_with_cache(self, cache, suffix_BSE, suffix_positions_BS, suffix_mask_BSX):
+    def suffix_with_cache(self, cache, suffix_BSE, conditioning: dict, suffix_positions_BS, suffix_mask_BSX):
         for (key_p, value_p), expert_layer in zip(cache, self.expert.layers):
-            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS)
+            query_s, key_s, value_s = expert_layer.qkv(suffix_BSE, suffix_positions_BS, **conditioning)
             keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
             values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
             attended_s = self._attend(query_s.astype(keys.dtype), keys, values, suffix_mask_BSX)
-            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype))
+            suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype), **conditioning)
         return suffix_BSE
 
     def velocity(self, vlm_layers, prefix: Prefix, proprio_BD, noisy_BHA, time_B) -> jax.Array:
         """The predicted velocity [B, H, A] at x_t = noisy, one joint forward of prefix and suffix."""
-        suffix_BSE = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+        suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
         mask_BXX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)
-        _, suffix_BSE = self.joint(vlm_layers, prefix, suffix_BSE, mask_BXX)
-        return self.expert.velocity(suffix_BSE)
+        _, suffix_BSE = self.joint(vlm_layers, prefix, suffix_BSE, conditioning, mask_BXX)
+        return self.expert.velocity(suffix_BSE, conditioning)
 
     def loss(self, vlm_layers, prefix: Prefix, proprio_BD, actions_BHA, action_mask_BHA, rng) -> jax.Array:
         """The flow-matching loss: mean squared velocity error over the valid action entries."""
@@ -191,9 +257,9 @@ class PrefixWithExpert(nn.Module):
         mask_BSX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)[:, prefix.valid_BP.shape[1]:]
         for index in range(num_steps):
             time_B = jnp.full((batch,), 1.0 + index * step)
-            suffix_BSE = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
-            suffix_BSE = self.suffix_with_cache(cache, suffix_BSE, suffix_positions_BS, mask_BSX)
-            noisy_BHA = noisy_BHA + step * self.expert.velocity(suffix_BSE).astype(jnp.float32)
+            suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+            suffix_BSE = self.suffix_with_cache(cache, suffix_BSE, conditioning, suffix_positions_BS, mask_BSX)
+            noisy_BHA = noisy_BHA + step * self.expert.velocity(suffix_BSE, conditioning).astype(jnp.float32)
         return noisy_BHA
 
 

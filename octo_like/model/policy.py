@@ -66,8 +66,10 @@ LANGUAGE_ENCODERS = ("minilm", "clip", "backbone")
 RELEASE_TOKENIZER = "tokenizer.json"
 RELEASE_FAST_TOKENIZER = "fast_tokenizer"
 LORA = "lora"
-# With LoRA, the pretrained stacks (the VLM and the expert's Gemma layers) stay frozen.
-LORA_FROZEN_KEYS = ("backbone/*", "flow/expert/layers_*")
+# With LoRA, the pretrained stacks stay frozen: the VLM, and the Gemma weights of the expert's
+# layers (not the adaRMS modulations, which are new and start at zero).
+LORA_FROZEN_KEYS = ("backbone/*", "flow/expert/layers_*/self_attn/*", "flow/expert/layers_*/mlp/*",
+                    "flow/expert/layers_*/*_layernorm/scale")
 
 
 def _plain(tree: Any) -> Any:

@@ -13,7 +13,9 @@ A action dimensions, V vocabulary.
              "n_bins": 256,                      bins: RT-2 / OpenVLA uniform bins over [-1, 1]
              "fast_tokenizer": None,             fast: a directory written by scripts/fit_fast.py
              "max_action_tokens": 32,            fast: tokens per chunk, end-of-actions included
-             "expert": {"hidden_size": 64, "intermediate_size": 256}}   flow: the expert's width
+             "expert": {"hidden_size": 64, "intermediate_size": 256},   flow: the expert's width
+             "time_conditioning": "concat"}      flow: pi0's time in the action tokens, or "adarms"
+                                                 (pi0.5: the time modulates the expert's norms)
     lora: None or {"rank": 16, "alpha": 16.0, "targets": GEMMA_LORA_TARGETS}
 
 The prefix is, in order: every camera's image tokens for every step of the window (SigLIP, then
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from octo_like.hf.paligemma import paligemma_config_from_hf
-from octo_like.model.action_expert import Prefix, PrefixWithExpert
+from octo_like.model.action_expert import TIME_CONDITIONINGS, Prefix, PrefixWithExpert
 from octo_like.model.action_tokens import ActionBins, FASTTokenizer
 from octo_like.model.language.gemma import GEMMA_SIZES, GemmaConfig
 from octo_like.model.lora import GEMMA_LORA_TARGETS
@@ -56,7 +58,7 @@ from octo_like.utils.errors import InputError
 
 ACTION_KINDS = ("bins", "fast", "flow")
 ACTION_DEFAULTS = {"n_bins": 256, "fast_tokenizer": None, "max_action_tokens": 32,
-                   "expert": {"hidden_size": 64, "intermediate_size": 256}}
+                   "expert": {"hidden_size": 64, "intermediate_size": 256}, "time_conditioning": "concat"}
 LORA_DEFAULTS = {"rank": 16, "alpha": 16.0, "targets": GEMMA_LORA_TARGETS}
 
 # tiny: CPU-sized, 64x64 images (16 patches), a vocabulary that holds the installed MiniLM
@@ -92,6 +94,8 @@ def resolve_vla_config(vla: Mapping) -> dict:
     action = {**ACTION_DEFAULTS, **vla["action"]}
     if action["kind"] not in ACTION_KINDS:
         raise InputError(f"model.vla.action.kind='{action['kind']}'; expected one of {', '.join(ACTION_KINDS)}")
+    if action["time_conditioning"] not in TIME_CONDITIONINGS:
+        raise InputError(f"model.vla.action.time_conditioning='{action['time_conditioning']}'; expected one of {', '.join(TIME_CONDITIONINGS)}")
     if action["kind"] == "fast" and not action["fast_tokenizer"]:
         raise InputError("model.vla.action.kind='fast' needs model.vla.action.fast_tokenizer (write one with scripts/fit_fast.py)")
     backbone = dict(vla["backbone"])
@@ -157,7 +161,8 @@ class VLANetwork(nn.Module):
         width = self.backbone_config.text.hidden_size
         self.backbone = PaliGemma(self.backbone_config)
         if self.action["kind"] == "flow":
-            self.flow = PrefixWithExpert(self.backbone_config.text, self.expert_config, self.action["action_dim"], self.action["horizon"])
+            self.flow = PrefixWithExpert(self.backbone_config.text, self.expert_config, self.action["action_dim"],
+                                         self.action["horizon"], self.action["time_conditioning"])
         else:
             self.proprio_in = nn.Dense(width)
             self.action_start = self.param("action_start", nn.initializers.normal(0.02), (width,))
