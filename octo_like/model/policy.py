@@ -11,7 +11,7 @@
     observation_tokenizers: {name: spec}   e.g. spec.create(ImageTokenizer, camera="primary")
     task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
     language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None,
-                             "encoder": "minilm" | "clip"} or None
+                             "encoder": "minilm" | "clip" | "backbone"} or None
     clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
@@ -27,6 +27,12 @@ directory: architecture and weights), else it is a randomly initialized `clip.si
 the checkpoint. The run directory (release format) holds config.json, dataset_statistics.json,
 example_batch.msgpack, orbax steps with the parameters and, when the instructions are not tokenized
 by the installed MiniLM tokenizer, that tokenizer.json.
+
+With a `vla` section (octo_like/model/vla.py: a PaliGemma backbone with action tokens or a flow
+expert; `language.encoder="backbone"`) the network is a VLANetwork instead, with the same methods;
+the rest of this file is shared. Its backbone loads from `vla.backbone.checkpoint`; with `vla.lora`
+the parameters hold the LoRA factors under `lora`, merged into the base inside every apply
+(`network_params`), the base frozen (`frozen_keys`); a FAST tokenizer travels in fast_tokenizer/.
 """
 
 import dataclasses
@@ -46,6 +52,7 @@ import numpy as np
 from octo_like.hf.clip import clip_config_from_hf, load_clip_params
 from octo_like.hf.paligemma import load_paligemma_params
 from octo_like.model import release
+from octo_like.model.architecture import resolve_architecture
 from octo_like.model.language.minilm import BertConfig, BertEncoder, load_bert_params
 from octo_like.model.lora import init_lora, merge_lora
 from octo_like.model.tokenizers import language_mask
@@ -168,22 +175,15 @@ class PolicyNetwork(nn.Module):
 
 
 def resolve_model_config(model_config: Mapping) -> dict:
-    """`model_config` with the CLIP architecture written into `clip.config` (from the checkpoint's
-    config.json, else the `size` preset), as the release stores it."""
+    """`model_config` with the CLIP's and the VLA backbone's architectures written into their
+    `config` (from the checkpoint's config.json, else the `size` preset), as the release stores it."""
     model_config = _plain(model_config)
     if model_config.get("vla") is not None:
         model_config = {**model_config, "vla": resolve_vla_config(model_config["vla"])}
-    clip = model_config.get("clip")
-    if clip is None or clip.get("config") is not None:
-        return model_config
-    if clip.get("checkpoint"):
-        clip_config = clip_config_from_hf(clip["checkpoint"])
-    else:
-        size = clip.get("size", "tiny")
-        if size not in CLIP_SIZES:
-            raise InputError(f"model.clip.size='{size}'; expected one of {', '.join(CLIP_SIZES)} (or model.clip.checkpoint)")
-        clip_config = CLIP_SIZES[size]
-    return {**model_config, "clip": {**clip, "config": clip_config.to_dict()}}
+    if model_config.get("clip") is not None:
+        clip = resolve_architecture(model_config["clip"], "model.clip", clip_config_from_hf, CLIP_SIZES, CLIPConfig.to_dict)
+        model_config = {**model_config, "clip": clip}
+    return model_config
 
 
 def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLANetwork:

@@ -50,6 +50,7 @@ import numpy as np
 from octo_like.hf.paligemma import paligemma_config_from_hf
 from octo_like.model.action_expert import TIME_CONDITIONINGS, Prefix, PrefixWithExpert
 from octo_like.model.action_tokens import ActionBins, FASTTokenizer
+from octo_like.model.architecture import resolve_architecture
 from octo_like.model.language.gemma import GEMMA_SIZES, GemmaConfig
 from octo_like.model.lora import GEMMA_LORA_TARGETS
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
@@ -77,10 +78,6 @@ VLA_SIZES = {
 EXPERT_3B = {"hidden_size": 1024, "intermediate_size": 4096}
 
 
-def paligemma_config_to_dict(config: PaliGemmaConfig) -> dict:
-    return dataclasses.asdict(config)
-
-
 def paligemma_config_from_dict(values: Mapping, where: str) -> PaliGemmaConfig:
     try:
         return PaliGemmaConfig(SiglipVisionConfig(**values["vision"]), GemmaConfig(**values["text"]), values["image_token_id"])
@@ -98,16 +95,7 @@ def resolve_vla_config(vla: Mapping) -> dict:
         raise InputError(f"model.vla.action.time_conditioning='{action['time_conditioning']}'; expected one of {', '.join(TIME_CONDITIONINGS)}")
     if action["kind"] == "fast" and not action["fast_tokenizer"]:
         raise InputError("model.vla.action.kind='fast' needs model.vla.action.fast_tokenizer (write one with scripts/fit_fast.py)")
-    backbone = dict(vla["backbone"])
-    if backbone.get("config") is None:
-        if backbone.get("checkpoint"):
-            config = paligemma_config_from_hf(backbone["checkpoint"])
-        else:
-            size = backbone.get("size", "tiny")
-            if size not in VLA_SIZES:
-                raise InputError(f"model.vla.backbone.size='{size}'; expected one of {', '.join(VLA_SIZES)} (or model.vla.backbone.checkpoint)")
-            config = VLA_SIZES[size]
-        backbone["config"] = paligemma_config_to_dict(config)
+    backbone = resolve_architecture(vla["backbone"], "model.vla.backbone", paligemma_config_from_hf, VLA_SIZES, dataclasses.asdict)
     lora = None if vla["lora"] is None else {**LORA_DEFAULTS, **vla["lora"]}
     if lora is not None:
         lora["targets"] = list(lora["targets"])
