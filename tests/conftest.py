@@ -21,6 +21,15 @@ import pytest  # noqa: E402
 
 import octo_like  # noqa: E402,F401  (quiet, deterministic TensorFlow settings)
 
+# The files of long end-to-end runs (train.py, evaluate.py and bench.py subprocesses) go first:
+# scripts/test.sh hands whole files to two workers in collection order, and a long file started
+# last would run alone at the end.
+LONG_FILES = ("test_train_scripts.py", "test_vla.py", "test_distributed.py", "test_bench_model.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: the order within stays
+
 
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> str:

@@ -3,6 +3,7 @@ a PaliGemma checkpoint, FSDP on 8 CPU devices, the 3B rules, and train.py / eval
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,11 +102,17 @@ def test_fast_policy_trains_decodes_valid_chunks_and_flags_invalid_ones(tmp_path
     metrics = jax.jit(model.action_mse)(model.params, batch, jax.random.key(0))
     assert float(metrics["action_fast_invalid_fraction"]) == 0.0 and float(metrics["action_action_mse"]) < 0.01
     # (Cached decoding equals rerunning for any action ids: the bins test checks it.)
+    # The release carries the FAST tokenizer: it decodes after the original directory is gone.
+    model.save_pretrained(30, str(tmp_path / "run"))
+    shutil.rmtree(tmp_path / "fast")
+    loaded = PolicyModel.load_pretrained(str(tmp_path / "run"))
+    assert loaded.module.action["fast_tokenizer"] == str(tmp_path / "run" / "fast_tokenizer")
+    assert json.loads((tmp_path / "run" / "fast_tokenizer" / "fast.json").read_text())["horizon"] == 4
     # Host decoding: an immediate end token, or ids that spell too few coefficients, give zeros and False.
     vocab = VLA_SIZES["tiny"].text.vocab_size
     ids = np.full((2, 32), vocab - 1, np.int32)
     ids[1, 0] = vocab - 1 - 600 + 300  # one BPE token: not 16 coefficients
-    decoded, valid = fast_chunks(str(tmp_path / "fast"), vocab, ids)
+    decoded, valid = fast_chunks(loaded.module.action["fast_tokenizer"], vocab, ids)
     assert decoded.shape == (2, 4, 4) and not valid.any() and not decoded.any()
 
 
@@ -132,6 +139,8 @@ def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_
     task = model.create_tasks(texts=["open the drawer"])
     sample = lambda m, **kw: np.asarray(m.sample_actions(first_row(batch), task, rng=jax.random.key(3), **kw))  # noqa: E731
     expected = sample(model)
+    # Flow sampling on the prefix cache equals rerunning the prefix (here with padding inside the
+    # prefix, after the short instruction).
     np.testing.assert_allclose(sample(model, use_cache=False), expected, atol=1e-5)
     merged = model.with_lora_merged()
     assert "lora" not in merged.params and merged.config["model"]["vla"]["lora"] is None

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from octo_like.model.language.gemma import GemmaAttention, GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
+from octo_like.model.precision import parameter_dtype
 from octo_like.utils.errors import InputError
 
 
@@ -130,6 +131,9 @@ class ActionExpert(nn.Module):
     def embed_suffix(self, proprio_BD, noisy_actions_BHA, time_B) -> tuple[jax.Array, dict]:
         """(suffix tokens [B, 1 + H, E], the keyword arguments the expert layers take: the time
         conditioning for adaRMS, nothing for concat)."""
+        # In the parameters' dtype (bf16 compute): float32 actions would promote the whole expert.
+        dtype = parameter_dtype(self)
+        proprio_BD, noisy_actions_BHA = proprio_BD.astype(dtype), noisy_actions_BHA.astype(dtype)
         actions_BHE = self.action_in(noisy_actions_BHA)
         width = actions_BHE.shape[-1]
         time_BE = time_features(time_B, width).astype(actions_BHE.dtype)
