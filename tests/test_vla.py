@@ -179,6 +179,9 @@ def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_c
         np.testing.assert_array_equal(got, want)
     assert model.config["model"]["vla"]["backbone"]["config"]["text"]["vocab_size"] == 90
     assert np.isfinite(model.loss(model.params, batch, jax.random.key(0), False)[0])
+    with pytest.raises(InputError, match=r"observation\['image_primary'\] holds 64x64 images; the backbone's SigLIP reads 16x16"):
+        PolicyModel.create(config, metaworld_like_batch(tokenizer=FixedLengthTokenizer(str(tmp_path / "tokenizer.json"), 24)),
+                           STATISTICS, jax.random.key(0))
     # MiniLM's ids (up to 30521) do not fit the checkpoint's 90-id vocabulary.
     config["model"]["language"]["tokenizer_json"] = None
     with pytest.raises(InputError, match="instruction token ids reach .*; the backbone's vocabulary has 90 ids"):

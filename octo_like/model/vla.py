@@ -165,6 +165,10 @@ class VLANetwork(nn.Module):
         for key in sorted(k for k in observation if k.startswith("image_")):
             images_BTHWC = observation[key]
             batch, window = images_BTHWC.shape[:2]
+            size = self.backbone_config.vision.image_size
+            if tuple(images_BTHWC.shape[2:4]) != (size, size):
+                raise InputError(f"observation['{key}'] holds {images_BTHWC.shape[2]}x{images_BTHWC.shape[3]} images; the backbone's "
+                                 f"SigLIP reads {size}x{size} (dataset.frame_transform_kwargs.resize_size.{key.removeprefix('image_')})")
             # SigLIP's preprocessing: pixels scaled to [-1, 1].
             pixels = images_BTHWC.reshape(batch * window, *images_BTHWC.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
             image_BNC = self.backbone.multi_modal_projector(self.backbone.vision_tower(pixels)["last_hidden_state"])
