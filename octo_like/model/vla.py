@@ -107,11 +107,17 @@ def load_fast_tokenizer(directory: str) -> FASTTokenizer:
     return FASTTokenizer.load(directory)
 
 
+def fast_id_range(directory: str, vocab_size: int) -> tuple[int, int]:
+    """(id of FAST token 0, the end id) in the backbone's vocabulary: the F BPE tokens sit just
+    below the end id, the vocabulary's last."""
+    return vocab_size - 1 - load_fast_tokenizer(directory).vocab_size, vocab_size - 1
+
+
 def fast_token_ids(directory: str, vocab_size: int, max_tokens: int, chunks_BHA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Host side of the FAST loss: (ids int32 [B, max_tokens], mask bool [B, max_tokens]) in the
     backbone's vocabulary, each chunk's BPE tokens then the end id; longer sequences are cut."""
     fast = load_fast_tokenizer(directory)
-    offset, end = vocab_size - 1 - fast.vocab_size, vocab_size - 1
+    offset, end = fast_id_range(directory, vocab_size)
     ids_BS = np.full((len(chunks_BHA), max_tokens), end, np.int32)
     mask_BS = np.zeros((len(chunks_BHA), max_tokens), bool)
     for row, chunk_HA in enumerate(np.asarray(chunks_BHA, np.float64)):
@@ -124,7 +130,7 @@ def fast_token_ids(directory: str, vocab_size: int, max_tokens: int, chunks_BHA:
 def fast_chunks(directory: str, vocab_size: int, ids_BS: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Host side of FAST decoding: (chunks float32 [B, H, A], valid bool [B]); invalid rows are zeros."""
     fast = load_fast_tokenizer(directory)
-    offset, end = vocab_size - 1 - fast.vocab_size, vocab_size - 1
+    offset, end = fast_id_range(directory, vocab_size)
     chunks, valid = [], []
     for row in np.asarray(ids_BS):
         stop = int(np.argmax(row == end)) if (row == end).any() else len(row)
@@ -218,7 +224,7 @@ class VLANetwork(nn.Module):
         """The lowest vocabulary id decoding may emit."""
         if self.action["kind"] == "bins":
             return self._vocab - self.action["n_bins"]
-        return self._vocab - 1 - load_fast_tokenizer(self.action["fast_tokenizer"]).vocab_size
+        return fast_id_range(self.action["fast_tokenizer"], self._vocab)[0]
 
     def _targets(self, actions_BHA: jax.Array, valid_BHA: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(action token ids [B, S], loss mask [B, S])."""
