@@ -2,12 +2,14 @@
 
 import orbax.checkpoint as ocp
 
-from octo_like.model.release import abstract_tree, restore_latest_good
+from octo_like.model.release import abstract_tree, move_aside_steps_after, restore_latest_good, restore_verified
 
 
 def restore_state(manager: ocp.CheckpointManager, state_like):
-    """The train state of the newest step that restores (damaged steps skipped with a warning),
-    with the structure (and shardings) of `state_like`."""
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state_like)))
-    restored, _ = restore_latest_good(manager, lambda step: manager.restore(step, args=args))
-    return restored["state"]
+    """The train state of the newest step that restores and verifies, with the structure (and
+    shardings) of `state_like`. Damaged newer steps are skipped with a warning and moved aside, so
+    that training continues from the good step and saves those steps again."""
+    target = abstract_tree(state_like)
+    state, step = restore_latest_good(manager, lambda candidate: restore_verified(manager, candidate, "state", target))
+    move_aside_steps_after(manager, step)
+    return state
