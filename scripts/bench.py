@@ -10,6 +10,7 @@
         --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
     python scripts/bench.py decode [--gemma_size tiny|2B] [--prompt_length 64] [--new_tokens 8] [--dtype bfloat16]
     python scripts/bench.py flow [--gemma_size tiny|2B] [--prompt_length 48] [--euler_steps 10] [--dtype bfloat16]
+    python scripts/bench.py checkpoint --config experiments/configs/octo_scratch.py:tiny [--repeats 5]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
@@ -40,6 +41,12 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8.
 (SigLIP + Gemma `--gemma_size` + action expert) after the image tokens and `--prompt_length` text
 tokens, `--euler_steps` Euler steps, with the prefix KV cache and without it (the prefix rerun at
 every step): p50/p95 latency side by side and their ratio.
+
+`checkpoint`: the cost of checkpoint checksums for the model of a config (and its Adam state):
+the time of one synchronous save of a step (parameters + train state, as training saves) and of
+loading the parameters (as `load_pretrained` does), each with the checksums (computed at save,
+verified at load) and without them (plain orbax), medians over `--repeats` after one warm-up
+(compilation), with the overhead ratio side by side; plus the checksum pass alone.
 
 `env`: Meta-World simulation speed, each figure the mean over `--tasks`: frames/s of one camera
 rendered as MetaWorldEnv renders (no multisampling, shadows or reflections) and, side by side, by
@@ -76,7 +83,8 @@ _PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 64, "decode: prompt token
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
 _EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "flow: Euler steps per action chunk.")
-BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "flow")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "checkpoint: timed saves and loads per variant, after one warm-up.")
+BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "flow", "checkpoint")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -269,6 +277,67 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     return result
 
 
+def bench_checkpoint(config: dict, repeats: int) -> dict:
+    import tempfile
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    from octo_like.model import release
+    from octo_like.train.optim import make_optimizer
+    from octo_like.train.state import TrainState
+    from octo_like.utils.checksums import tree_checksums
+
+    model = _model(config, _example_batch(config))
+    optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
+    state = TrainState.create(model.params, optimizer, jax.random.key(1))
+    target = release.abstract_tree(model.params)
+
+    def save_plain(manager, step):
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params), state=ocp.args.StandardSave(state)))
+
+    def save_checked(manager, step):
+        release.save(manager, step, state.params, state)
+
+    def load_plain(manager, step):
+        manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+
+    def load_checked(manager, step):
+        release.restore_verified(manager, step, "params", target)
+
+    def median_seconds(run_dir: str, action, steps: range) -> float:
+        manager = release.checkpoint_manager(run_dir)
+        times = []
+        for step in steps:
+            start = time.perf_counter()
+            action(manager, step)
+            manager.wait_until_finished()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times[1:]))  # the first call compiles
+
+    steps = range(1, repeats + 2)
+    with tempfile.TemporaryDirectory() as plain_dir, tempfile.TemporaryDirectory() as checked_dir:
+        save = {"plain": median_seconds(plain_dir, save_plain, steps), "checksums": median_seconds(checked_dir, save_checked, steps)}
+        load = {"plain": median_seconds(plain_dir, load_plain, steps), "checksums": median_seconds(checked_dir, load_checked, steps)}
+    tree_checksums(state)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        tree_checksums(state)
+    leaves = jax.tree_util.tree_leaves(state)
+    return {
+        "benchmark": "checkpoint",
+        "transformer": config["model"].get("transformer"),
+        "params": sum(x.size for x in jax.tree_util.tree_leaves(model.params)),
+        "state_mb": sum(x.nbytes for x in leaves if hasattr(x, "nbytes")) / 2**20,
+        "save_s": save,
+        "load_params_s": load,
+        "save_overhead": save["checksums"] / save["plain"] - 1,
+        "load_overhead": load["checksums"] / load["plain"] - 1,
+        "checksum_pass_over_state_s": (time.perf_counter() - start) / repeats,
+        "repeats": repeats,
+    }
+
+
 def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
     import jax
 
@@ -457,12 +526,16 @@ def main(argv):
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
     if _SECONDS.value <= 0:
         raise InputError(f"--seconds={_SECONDS.value}; expected a positive number")
-    if argv[1] in ("data", "train", "infer", "scale") and _CONFIG.value is None:
+    if argv[1] in ("data", "train", "infer", "scale", "checkpoint") and _CONFIG.value is None:
         raise InputError(f"{argv[1]} needs --config, e.g. --config experiments/configs/metaworld_scratch.py:diffusion")
     if argv[1] == "data":
         result = bench_data(_CONFIG.value, _SECONDS.value)
     elif argv[1] == "train":
         result = bench_train(_CONFIG.value.to_dict(), _SECONDS.value, _COMPUTE_DTYPES.value)
+    elif argv[1] == "checkpoint":
+        if _REPEATS.value < 1:
+            raise InputError(f"--repeats={_REPEATS.value}; expected an integer >= 1")
+        result = bench_checkpoint(_CONFIG.value.to_dict(), _REPEATS.value)
     elif argv[1] == "scale":
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":

@@ -5,6 +5,7 @@ example_batch.msgpack, orbax steps <step>/{params,state}, metrics.jsonl, tensorb
 and resumes from the latest step of an existing run directory.
 """
 
+import contextlib
 import functools
 import itertools
 import json
@@ -24,10 +25,12 @@ from octo_like.model.policy import PolicyModel, declared_action_chunks, resolve_
 from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
-from octo_like.train.metrics import MetricsWriter, plot_losses
+from octo_like.train.metrics import MetricsWriter, check_finite_metrics, plot_losses
 from octo_like.train.optim import make_optimizer
+from octo_like.train.run_lock import hold_run_lock
 from octo_like.train.state import TrainState
 from octo_like.train.step import COMPUTE_DTYPES, make_eval_step, make_train_step
+from octo_like.train.validate import check_training_config
 from octo_like.utils.errors import InputError
 from octo_like.utils.sharding import place_params
 
@@ -82,17 +85,23 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
 
     With several processes (config `distributed`), each runs this same function: every process
     reads its own shard of the data and feeds its own devices, all take part in the orbax saves,
-    and process 0 alone writes the metrics and prints.
+    and process 0 alone writes the metrics, prints and holds the run directory's lock.
     """
+    check_training_config(config)
     compute_dtype = config.get("compute_dtype", "float32")
     if compute_dtype not in COMPUTE_DTYPES:
         raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     distributed.initialize(**config.get("distributed", {}))
-    primary = distributed.is_primary()
-    run_dir = config["run_dir"]
     mesh = make_mesh(**config.get("mesh", {}))
     check_batch_size(config["dataset"]["batch_size"], mesh)
-    check_same_model(run_dir, config)  # before any data or model work: a wrong run directory fails at once
+    check_same_model(config["run_dir"], config)  # before any data or model work: a wrong run directory fails at once
+    with hold_run_lock(config["run_dir"], active=distributed.is_primary()):
+        return _train(config, init_params, mesh, COMPUTE_DTYPES[compute_dtype])
+
+
+def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh, compute_dtype) -> PolicyModel:
+    primary = distributed.is_primary()
+    run_dir = config["run_dir"]
 
     process_dataset_config = local_dataset_config(config["dataset"])
     train_data, statistics = make_named_mixture(train=True, seed=config["seed"], **process_dataset_config)
@@ -125,7 +134,7 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
         state = checkpoint_lib.restore_state(manager, state)
         if primary:
             print(f"resumed from step {int(state.step)}")
-    train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[compute_dtype],
+    train_step = make_train_step(model.loss, optimizer, compute_dtype=compute_dtype,
                                  grad_accumulation_steps=config.get("grad_accumulation_steps", 1),
                                  state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
                                  batch_sharding=batch_sharding(mesh))
@@ -141,14 +150,18 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     progress = tqdm.tqdm(range(start_step, config["num_steps"]), initial=start_step, total=config["num_steps"],
                          desc="Training", unit="step", disable=not primary)
     window_start, window_steps = time.perf_counter(), 0
-    # Under the mesh, the model's activation constraints (octo_like.utils.sharding) apply.
-    with jax.set_mesh(mesh), distributed.PreemptionNotice() as preemption:
+    # Under the mesh, the model's activation constraints (octo_like.utils.sharding) apply. The
+    # orbax saves in flight are finished however the loop ends (a non-finite loss stops it).
+    with jax.set_mesh(mesh), distributed.PreemptionNotice() as preemption, contextlib.closing(writer), \
+            contextlib.ExitStack() as finish_saves:
+        finish_saves.callback(manager.wait_until_finished)
         for step in progress:
             batch = example_batch if step == 0 else next(train_batches)
             state, metrics = train_step(state, shard_batch(batch, mesh))
             window_steps += 1
             if (step + 1) % config["log_interval"] == 0:
                 metrics = jax.device_get(metrics)
+                check_finite_metrics(step + 1, metrics, batch)
                 steps_per_s = window_steps / (time.perf_counter() - window_start)
                 writer.write(step + 1, {**metrics, "learning_rate": schedule(step), "steps_per_s": steps_per_s}, prefix="train/")
                 progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
@@ -163,16 +176,21 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
                     logging.warning("the validation split holds less than one batch: no validation metrics at step %d", step + 1)
             preempted = preemption.reached(step + 1)
             if (step + 1) % config["save_interval"] == 0 or step + 1 == config["num_steps"] or preempted:
+                # The metrics of this very step are checked too (a host sync, as the save is anyway):
+                # a non-finite step is never saved, whatever the log interval.
+                check_finite_metrics(step + 1, jax.device_get(metrics), batch)
                 model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
             if preempted:
                 if primary:
                     print(f"stopped by SIGTERM after step {step + 1}; saved it: the same command resumes")
                 break
-    manager.wait_until_finished()
-    writer.close()
+    last_step = manager.latest_step()
+    if last_step is not None:
+        release.check_step_saved(manager, last_step, state.params)
     if primary:
         plot_losses(run_dir)
-        print(f"wrote {run_dir} (metrics.jsonl, loss.png, checkpoint step {manager.latest_step()})")
+        saved = f"checkpoint step {last_step}, verified" if last_step is not None else "no checkpoint"
+        print(f"wrote {run_dir} (metrics.jsonl, loss.png, {saved})")
     model.params = state.params
     return model
 

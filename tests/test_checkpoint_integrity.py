@@ -4,7 +4,6 @@ rewritten; non-finite state never saved; releases written before checksums still
 import json
 import os
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -113,8 +112,7 @@ def test_non_finite_parameters_or_state_are_never_saved(tmp_path):
 
 
 def test_a_release_written_before_checksums_loads_with_a_note_and_acts_as_it_did(caplog):
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from test_policy import example_batch
+    from test_policy import example_batch  # tests/ is on sys.path
 
     model = PolicyModel.load_pretrained(str(FIXTURES / "release_a34613f"))
     assert "checkpoint step 1 of" in caplog.text and "has no checksums (written before they existed): loaded unverified" in caplog.text

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_atomically, write_text_atomically
 
 
@@ -76,3 +77,16 @@ def plot_losses(run_dir: str) -> str:
     path = os.path.join(run_dir, "loss.png")
     write_atomically(path, lambda temp_path: figure.savefig(temp_path, dpi=110))
     return path
+
+
+def check_finite_metrics(step: int, metrics: dict, batch: dict) -> None:
+    """Raises (one line) at the first non-finite metric of a train step, the loss and gradient norm
+    first, naming the step and the datasets of its batch: a diverged run stops instead of saving."""
+    names = [name for name in ("loss", "grad_norm") if name in metrics] + sorted(set(metrics) - {"loss", "grad_norm"})
+    for name in names:
+        values = np.ravel(metrics[name])
+        if not np.isfinite(values).all():
+            datasets = sorted({raw.decode() if isinstance(raw, bytes) else str(raw) for raw in batch.get("dataset_name", [])})
+            raise InputError(f"training stopped at step {step}: train/{name} is {float(values[~np.isfinite(values)][0])} "
+                             f"on a batch from {', '.join(datasets) or 'unknown datasets'}; nothing was saved after the last "
+                             "good checkpoint (expected finite data and a stable learning rate)")
