@@ -55,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted_line="interrupted; finished episodes are kept, the same command resumes")

@@ -1,4 +1,4 @@
-"""How every command-line entry point runs: quiet logs, and bad input as one `error:` line.
+"""How every command-line entry point runs: quiet logs, bad input as one `error:` line, Ctrl-C as one line.
 
     if __name__ == "__main__":
         run_cli(main)   # in place of absl.app.run(main)
@@ -14,23 +14,33 @@ from absl import app, flags, logging
 from octo_like.utils.errors import InputError
 
 USAGE_ERROR_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+def exit_with_line(line: str, exit_code: int) -> None:
+    """`line` on stderr, then exit at once with `exit_code` (os._exit, after flushing).
+
+    With a tf.data iterator alive, TensorFlow's thread pools can hang a normal interpreter
+    shutdown, and there is nothing left to finish: every file is written to a temporary path and
+    renamed, and the `finally` blocks (checkpoint saves, worker processes) ran on the way here.
+    """
+    print(line, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def exit_with_error_line(error: InputError) -> None:
-    """`error: <message>` on stderr, exit status 2: what a CLI does with an InputError.
+    """`error: <message>` on stderr, exit status 2: what a CLI does with an InputError."""
+    exit_with_line(f"error: {' '.join(str(error).splitlines())}", USAGE_ERROR_EXIT_CODE)
 
-    Exits at once (os._exit, after flushing): with a tf.data iterator alive, TensorFlow's thread
-    pools can hang a normal interpreter shutdown, and on bad input there is nothing to finish
-    (every file is written to a temporary path and renamed).
+
+def run_cli(main: Callable[[list[str]], object], interrupted_line: str = "interrupted") -> None:
+    """`absl.app.run(main)`, with InputErrors reported in one line and INFO logs off by default.
+
+    Ctrl-C prints `interrupted_line` (which can say what a rerun does) instead of a traceback and
+    exits with status 130.
     """
-    print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(USAGE_ERROR_EXIT_CODE)
-
-
-def run_cli(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)`, with InputErrors reported in one line and INFO logs off by default."""
 
     @functools.wraps(main)
     def main_reporting_input_errors(argv):
@@ -42,5 +52,7 @@ def run_cli(main: Callable[[list[str]], object]) -> None:
             return main(argv)
         except InputError as error:
             exit_with_error_line(error)
+        except KeyboardInterrupt:
+            exit_with_line(interrupted_line, INTERRUPTED_EXIT_CODE)
 
     app.run(main_reporting_input_errors)

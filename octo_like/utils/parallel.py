@@ -1,12 +1,68 @@
-"""Runs independent jobs in worker processes with a progress bar (Meta-World collection, evaluation)."""
+"""Runs independent jobs in worker processes with a progress bar (Meta-World collection, evaluation).
+
+Workers never outlive the process that started them: they exit when it dies, even by SIGKILL
+(which runs no cleanup in it), and it kills them when it stops waiting for them (a failed job,
+Ctrl-C).
+"""
 
 import concurrent.futures
+import contextlib
+import ctypes
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import tqdm
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ORPHAN_POLL_INTERVAL_S = 1.0
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_POLL_INTERVAL_S)
+    os._exit(1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when `parent_pid` dies, and leave Ctrl-C to the parent."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent stops the workers, and a
+    # worker's own KeyboardInterrupt would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        # The kernel sends the signal when the *thread* that spawned this process ends. Spawned
+        # workers are started by `pool.submit`, i.e. by the thread that called map_in_processes
+        # (or run_in_spawned_process), which waits in it until the pool is shut down.
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    # The portable guard (and a second one on Linux): once orphaned, a process is re-parented.
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _spawned_pool(num_workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent, initargs=(os.getpid(),),
+    )
+    try:
+        yield pool
+    except BaseException:
+        # A failed job or Ctrl-C ends the run: kill the workers instead of waiting for the batches
+        # they are running (files are written to a temporary path and renamed, so a killed job
+        # leaves no half-written result). ProcessPoolExecutor has no public way to do this before
+        # Python 3.14 (kill_workers).
+        for process in list(pool._processes.values()):
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def map_in_processes(
@@ -37,23 +93,15 @@ def map_in_processes(
     results = []
     with tqdm.tqdm(total=done_before + len(jobs), initial=done_before, desc=desc, unit=unit,
                    disable=not show_progress) as progress:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        with _spawned_pool(num_workers) as pool:
             futures = [pool.submit(run_batch, batch) for batch in batches]
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    results.extend(future.result())
-                    progress.update(len(future.result()))
-            except BaseException:
-                # A failed job (or Ctrl-C) ends the run: drop the batches not started yet.
-                for future in futures:
-                    future.cancel()
-                raise
+            for future in concurrent.futures.as_completed(futures):
+                results.extend(future.result())
+                progress.update(len(future.result()))
     return results
 
 
 def run_in_spawned_process(function: Callable, *args: Any, **kwargs: Any) -> Any:
     """`function(*args, **kwargs)` in a fresh spawned process (to render where TensorFlow may be loaded)."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    with _spawned_pool(1) as pool:
         return pool.submit(function, *args, **kwargs).result()
