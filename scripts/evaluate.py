@@ -27,6 +27,7 @@ from octo_like.eval.envs.metaworld_tasks import heldout_instructions, resolve_ta
 from octo_like.eval.policies import RandomPolicy, ScriptedPolicy, load_checkpoint_policy
 from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_video
 from octo_like.eval.rollout import EvalSettings, evaluate
+from octo_like.model.release import check_release
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically
@@ -69,8 +70,8 @@ def policy_spec() -> dict:
     if _POLICY.value == "checkpoint":
         if not _CHECKPOINT.value:
             raise InputError("--policy=checkpoint needs --checkpoint=RUN_DIR")
-        if not os.path.isdir(_CHECKPOINT.value):
-            raise InputError(f"--checkpoint '{_CHECKPOINT.value}' is not a directory; expected a run directory")
+        # Before any output or evaluation work: a directory without a saved step fails at once.
+        check_release(_CHECKPOINT.value, _STEP.value)
         return spec.create(load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value)
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
 

@@ -43,10 +43,19 @@ def test_heldout_instructions_round_trip_through_a_file(tmp_path):
 
 
 def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
+    output_dir = tmp_path / "out"
+    empty_run, unsaved_run = tmp_path / "empty_run", tmp_path / "unsaved_run"
+    empty_run.mkdir()
+    unsaved_run.mkdir()  # a run killed before its first save: release files, no step
+    for name in ("config.json", "dataset_statistics.json", "example_batch.msgpack"):
+        (unsaved_run / name).write_text("{}")
+    checkpoint = ("--policy=checkpoint", f"--output_dir={output_dir}")
     cases = {
-        ("--tasks=reach,fly", f"--output_dir={tmp_path}"): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
-        ("--policy=checkpoint", f"--checkpoint={tmp_path / 'nope'}", f"--output_dir={tmp_path}"): "is not a directory; expected a run directory",
-        ("--tasks=reach", "--instructions=/no/such.json", f"--output_dir={tmp_path}"): "--instructions file '/no/such.json' not found",
+        ("--tasks=reach,fly", f"--output_dir={output_dir}"): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
+        (*checkpoint, f"--checkpoint={tmp_path / 'nope'}"): "is not a directory; expected a run directory",
+        (*checkpoint, f"--checkpoint={empty_run}"): f"error: '{empty_run}' is not a run directory: it has no config.json",
+        (*checkpoint, f"--checkpoint={unsaved_run}"): f"error: run directory '{unsaved_run}' has no saved checkpoint step",
+        ("--tasks=reach", "--instructions=/no/such.json", f"--output_dir={output_dir}"): "--instructions file '/no/such.json' not found",
         ("--tasks=reach",): "error: --output_dir is required",
     }
     for args, message in cases.items():
@@ -54,4 +63,6 @@ def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
-    assert not any(tmp_path.iterdir())  # nothing written
+    # Nothing written: no output directory, the run directories untouched.
+    assert sorted(os.listdir(tmp_path)) == ["empty_run", "unsaved_run"] and not any(empty_run.iterdir())
+    assert sorted(os.listdir(unsaved_run)) == ["config.json", "dataset_statistics.json", "example_batch.msgpack"]

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from octo_like.utils import checksums as checksums_lib
 from octo_like.utils.errors import InputError
 
+RELEASE_FILES = ("config.json", "dataset_statistics.json", "example_batch.msgpack")
 CHECKSUMS = "checksums"
 CHECKSUMS_FORMAT = "octo_like-checksums-v1"  # {"format", "arrays": {"params/<path>" | "state/<path>": "<algorithm>:<hex>"}}
 DAMAGED_DIR = "damaged_steps"
@@ -39,6 +40,22 @@ class NonFiniteStateError(InputError):
 def checkpoint_manager(run_dir: str, max_to_keep: int | None = None, keep_period: int | None = None) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True)
     return ocp.CheckpointManager(os.path.abspath(run_dir), options=options, item_names=("params", "state", CHECKSUMS))
+
+
+def check_release(run_dir: str, step: int | None = None) -> list[int]:
+    """The saved steps of a release, after checking (without creating or changing anything) that
+    `run_dir` holds the release files and a saved step (`step`, when given): one line otherwise."""
+    if not os.path.isdir(run_dir):
+        raise InputError(f"'{run_dir}' is not a directory; expected a run directory written by scripts/train.py")
+    for name in RELEASE_FILES:
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise InputError(f"'{run_dir}' is not a run directory: it has no {name}")
+    # Orbax names a finished step directory by its number (an unfinished one has a temporary suffix).
+    steps = sorted(int(name) for name in os.listdir(run_dir) if name.isdigit() and os.path.isdir(os.path.join(run_dir, name)))
+    if not steps or (step is not None and step not in steps):
+        wanted = "no saved checkpoint step" if not steps else f"no checkpoint step {step}; it has steps {steps}"
+        raise InputError(f"run directory '{run_dir}' has {wanted}")
+    return steps
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
