@@ -23,6 +23,7 @@ from ml_collections import config_flags
 import cli_common  # (puts the repo root on sys.path)
 from training_loop import run_training
 from octo_like.model.policy import PolicyModel
+from octo_like.train.validate import check_training_config
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config of the finetuning run.", lock_config=True)
@@ -62,8 +63,9 @@ def main(argv):
         raise InputError("--pretrained=RUN_DIR and --config=path.py[:variant] are required")
     if not os.path.isdir(_PRETRAINED.value):
         raise InputError(f"--pretrained '{_PRETRAINED.value}' is not a directory; expected a released run directory")
-    pretrained = PolicyModel.load_pretrained(_PRETRAINED.value, step=_PRETRAINED_STEP.value)
     config = _CONFIG.value.to_dict()
+    check_training_config(config)  # before the release is loaded
+    pretrained = PolicyModel.load_pretrained(_PRETRAINED.value, step=_PRETRAINED_STEP.value)
     if TRAINABLE_KEYS[_MODE.value] is not None:
         config["optimizer"]["trainable_keys"] = TRAINABLE_KEYS[_MODE.value]
     config["finetuned_from"] = {"run_dir": os.path.abspath(_PRETRAINED.value), "step": _PRETRAINED_STEP.value, "mode": _MODE.value}

@@ -22,6 +22,7 @@ from absl import logging
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.model import release
 from octo_like.model.policy import PolicyModel, declared_action_chunks, resolve_model_config, with_normalization_settings
+from octo_like.policy.registry import RELEASE_CONFIG, read_config_json
 from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
@@ -58,11 +59,9 @@ def check_heads_fit_data(config: dict, example_batch: dict) -> None:
 
 def check_same_model(run_dir: str, config: dict) -> None:
     """Resuming needs the model the checkpoint was trained with: one line naming the first difference."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(run_dir, RELEASE_CONFIG)):
         return
-    with open(path) as file:
-        saved = json.load(file)["model"]
+    saved = read_config_json(run_dir)["model"]  # compared, never built: the run's own components may be any
     current = json.loads(json.dumps(resolve_model_config(config["model"]), default=list))
     if saved != current:
         differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))

@@ -60,6 +60,7 @@ from octo_like.model.tokens import TokenGroup
 from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig, CLIPModel
 from octo_like.model.vla import VLANetwork, load_fast_tokenizer, make_vla_network, resolve_vla_config
+from octo_like.policy.registry import read_release_config
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
@@ -427,11 +428,8 @@ class PolicyModel:
 
     @classmethod
     def load_pretrained(cls, run_dir: str, step: int | None = None) -> "PolicyModel":
-        for name in ("config.json", "dataset_statistics.json", "example_batch.msgpack"):
-            if not os.path.isfile(os.path.join(run_dir, name)):
-                raise InputError(f"'{run_dir}' is not a run directory: it has no {name}")
-        with open(os.path.join(run_dir, "config.json")) as file:
-            config = json.load(file)
+        release.check_release(run_dir, step)
+        config = read_release_config(run_dir)  # data, never code: checked before any spec is built
         with open(os.path.join(run_dir, "dataset_statistics.json")) as file:
             statistics = jax.tree_util.tree_map(np.asarray, json.load(file), is_leaf=lambda x: isinstance(x, list))
         with open(os.path.join(run_dir, "example_batch.msgpack"), "rb") as file:

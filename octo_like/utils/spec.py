@@ -11,6 +11,10 @@ ConfigDicts with lists possibly turned into tuples, so every function here accep
 
 Specs nested in `args`/`kwargs` are passed to the target as they are (as plain dicts): the callee
 decides whether and when to instantiate them.
+
+`resolve` imports whatever a spec names: that is full power for configs written in Python, and
+why a spec read from a file (a release's config.json) is first checked against the registry of
+components a release may name (octo_like/policy/registry.py).
 """
 
 import functools

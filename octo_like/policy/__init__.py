@@ -1,0 +1,1 @@
+"""The policy layer: what a release may name (registry.py)."""
