@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,27 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     for (path, value), (_, expected) in zip(jax.tree_util.tree_leaves_with_path(ours.params),
                                             jax.tree_util.tree_leaves_with_path(reference.params), strict=True):
         np.testing.assert_array_equal(value, expected, err_msg=jax.tree_util.keystr(path))
+
+
+def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrained, synthetic_data_dir, tmp_path):
+    """Before: resume fell back to step 30, retrained, then orbax declined to save step 40 (not newer
+    than the damaged 40 on disk) while the run printed "checkpoint step 40"."""
+    from octo_like.model.policy import PolicyModel
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(pretrained, run_dir)
+    largest = max((path for path in (run_dir / "40" / "state").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])  # a half-copied file
+
+    resumed = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 30" in resumed.stdout and "checkpoint step 40, verified" in resumed.stdout
+    assert "moved damaged checkpoint step 40" in resumed.stderr
+    assert (run_dir / "damaged_steps" / "40" / "state").is_dir() and (run_dir / "40" / "checksums").is_dir()
+    # The rewritten step is the one the uninterrupted run saved, bit for bit (exact resume).
+    ours, reference = PolicyModel.load_pretrained(str(run_dir), step=40), PolicyModel.load_pretrained(str(pretrained))
+    for value, expected in zip(jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(reference.params), strict=True):
+        np.testing.assert_array_equal(value, expected)
 
 
 def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_data_dir):
