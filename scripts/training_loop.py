@@ -94,7 +94,13 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     mesh = make_mesh(**config.get("mesh", {}))
     check_batch_size(config["dataset"]["batch_size"], mesh)
     check_same_model(config["run_dir"], config)  # before any data or model work: a wrong run directory fails at once
-    with hold_run_lock(config["run_dir"], active=distributed.is_primary()):
+    with contextlib.ExitStack() as lock:
+        lock_error = None
+        try:
+            lock.enter_context(hold_run_lock(config["run_dir"], active=distributed.is_primary()))
+        except InputError as error:
+            lock_error = error
+        distributed.raise_everywhere(lock_error)
         return _train(config, init_params, mesh, COMPUTE_DTYPES[compute_dtype])
 
 

@@ -1,4 +1,4 @@
-"""scripts/bench.py train, infer and scale end to end on the synthetic data (JSON shape, no speed asserted)."""
+"""scripts/bench.py train, infer, checkpoint and scale end to end on the synthetic data (JSON shape, no speed asserted)."""
 
 import json
 import os
@@ -30,6 +30,13 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
     infer = bench("infer", *common, "--heads=l1,flow:2")
     assert [r["head"] for r in infer["results"]] == ["l1", "flow:2"]
     assert all(0 < r["p50_ms"] <= r["p95_ms"] and r["calls"] > 0 for r in infer["results"])
+
+    checkpoint = bench("checkpoint", *common, "--repeats=1")
+    assert checkpoint["params"] == train["params"] and checkpoint["state_mb"] > 4 * checkpoint["params"] / 2**20
+    for figures in (checkpoint["save_s"], checkpoint["load_params_s"]):
+        assert set(figures) == {"plain", "checksums"} and min(figures.values()) > 0
+    assert checkpoint["save_overhead"] == checkpoint["save_s"]["checksums"] / checkpoint["save_s"]["plain"] - 1
+    assert 0 < checkpoint["checksum_pass_over_state_s"] and 0 < checkpoint["checksum_pass_over_plain_save"]
 
     scale = bench("scale", *common, "--fsdp_sizes=1,8")
     assert [r["mesh"] for r in scale["results"]] == [{"data": 8, "fsdp": 1}, {"data": 1, "fsdp": 8}]

@@ -17,6 +17,7 @@ import signal
 import threading
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from octo_like.utils.errors import InputError
@@ -50,6 +51,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_primary() -> bool:
     """Process 0 writes what exists once per run (metadata, metrics, plots) and prints progress."""
     return jax.process_index() == 0
+
+
+def raise_everywhere(primary_error: Exception | None) -> None:
+    """Raises in every process when process 0 met `primary_error` (e.g. its run directory is
+    locked): the others would otherwise go on to the first collective and wait there for it."""
+    failed = primary_error is not None
+    if jax.process_count() > 1:
+        failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+    if primary_error is not None:
+        raise primary_error
+    if failed:
+        raise InputError("process 0 stopped before training (its error names the cause); stopping this process too")
 
 
 def local_batch_size(global_batch_size: int) -> int:
