@@ -222,3 +222,60 @@ def test_load_statistics_errors(tmp_path):
     bad.write_text("[1, 2")
     with pytest.raises(InputError, match="not valid JSON"):
         statistics_lib.load_statistics(str(bad))
+
+
+@pytest.mark.parametrize(
+    "feature, trajectory, step, dims, value, message",
+    [
+        ("action", 1, 4, (3, 2), np.nan, "action dimension 2 has 1 non-finite value(s) in 28 steps "
+                                         "(first: nan at step 4 of trajectory 1 in reading order)"),
+        ("proprio", 2, 0, (1,), np.inf, "proprio dimension 1 has 1 non-finite value(s) in 28 steps "
+                                        "(first: inf at step 0 of trajectory 2 in reading order)"),
+    ],
+)
+def test_non_finite_data_fails_with_one_line_and_caches_nothing(
+    tmp_path, trajs, feature, trajectory, step, dims, value, message
+):
+    values = trajs[trajectory]["action"] if feature == "action" else trajs[trajectory]["observation"]["proprio"]
+    for dim in dims:
+        values[step, dim] = value
+    with pytest.raises(InputError) as error:
+        statistics_lib.compute_dataset_statistics(
+            CountingDataset(trajs).dlataset(), ["nan"], str(tmp_path), show_progress=False
+        )
+    assert str(error.value) == f"cannot compute statistics of the dataset: {message}; fix or filter those steps"
+    assert os.listdir(tmp_path) == []
+    assert not os.path.exists(statistics_lib.fallback_cache_dir())
+
+
+def test_cached_non_finite_statistics_are_refused_and_replaced(tmp_path, trajs):
+    stats = statistics_lib.compute_dataset_statistics(
+        CountingDataset(trajs).dlataset(), ["cached"], str(tmp_path), show_progress=False
+    )
+    # What an older version cached for NaN data: Python's json writes NaN as a bare token.
+    path = tmp_path / statistics_lib.cache_filename(["cached"])
+    content = json.loads(path.read_text())
+    content["action"]["mean"][1] = float("nan")
+    path.write_text(json.dumps(content))
+    assert "NaN" in path.read_text()
+
+    with pytest.raises(InputError) as error:
+        statistics_lib.load_statistics(str(path))
+    assert str(error.value) == f"dataset statistics file '{path}' holds a non-finite value (action.mean[1] = nan)"
+
+    source = CountingDataset(trajs)
+    recomputed = statistics_lib.compute_dataset_statistics(source.dlataset(), ["cached"], str(tmp_path), show_progress=False)
+    assert source.calls == 1
+    assert_statistics_equal(stats, recomputed)
+    assert "NaN" not in path.read_text()
+
+
+def test_non_finite_statistics_are_never_written(tmp_path, trajs):
+    stats = statistics_lib.compute_dataset_statistics(
+        CountingDataset(trajs).dlataset(), ["w"], str(tmp_path / "cache"), show_progress=False
+    )
+    stats["proprio"]["q99"] = np.array([0.0, 1.0, -np.inf], np.float32)
+    path = tmp_path / "run" / "dataset_statistics.json"
+    with pytest.raises(InputError, match=r"non-finite dataset statistics to '.*': toy\.proprio\.q99\[2\] = -inf$"):
+        statistics_lib.save_statistics({"toy": stats}, str(path))
+    assert not path.exists()

@@ -10,8 +10,13 @@ Randomness is explicit: a map given a `seed` receives a per-element stateless se
 from `tf.data.Dataset.random(seed)`, zipped in order with the data. Together with ordered parallel
 maps (`deterministic=True`) and fixed interleave cycle lengths, the same seed gives the same
 elements in the same order however many threads run the maps.
+
+A DLataset read from RLDS remembers its TFRecord files: when reading fails on damaged data
+(tf.errors.DataLossError), the iterator reads each file again to name the damaged one.
 """
 
+import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +37,30 @@ def _deterministic_options() -> tf.data.Options:
     return options
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordFiles:
+    """The TFRecord files one dataset reads (re-read only to name a damaged one after a read fails)."""
+
+    dataset_name: str
+    directory: str
+    paths: tuple[str, ...]
+
+
+def _tf_error_summary(error: tf.errors.OpError) -> str:
+    """The reason of a TF runtime error, without its "{{function_node ...}}" and "[Op:...]" decorations."""
+    return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).split())
+
+
+def _damaged_file(paths: tuple[str, ...]) -> tuple[str, str] | None:
+    """(path, reason) of the first file that fails a full read with TFRecord CRC checks, else None."""
+    for path in paths:
+        try:
+            tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)
+        except tf.errors.DataLossError as error:
+            return path, _tf_error_summary(error)
+    return None
+
+
 def _broadcast_episode_metadata(episode: dict) -> dict:
     """RLDS episode -> trajectory dict: the steps, plus episode metadata repeated for every step."""
     traj = dict(episode["steps"])
@@ -46,12 +75,22 @@ def _broadcast_episode_metadata(episode: dict) -> dict:
 class DLataset:
     """A `tf.data.Dataset` of trajectories or frames with level-checked, seedable maps."""
 
-    def __init__(self, dataset: tf.data.Dataset, *, is_flattened: bool = False):
+    def __init__(
+        self, dataset: tf.data.Dataset, *, is_flattened: bool = False, sources: tuple[RecordFiles, ...] = ()
+    ):
         self.dataset = dataset.with_options(_deterministic_options())
         self.is_flattened = is_flattened
+        self.sources = sources
 
     def _wrap(self, dataset: tf.data.Dataset, is_flattened: bool | None = None) -> "DLataset":
-        return DLataset(dataset, is_flattened=self.is_flattened if is_flattened is None else is_flattened)
+        return DLataset(
+            dataset, is_flattened=self.is_flattened if is_flattened is None else is_flattened, sources=self.sources
+        )
+
+    @property
+    def name(self) -> str:
+        """The names of the datasets read, for messages ("" when built from tensors)."""
+        return ", ".join(source.dataset_name for source in self.sources)
 
     @classmethod
     def from_rlds(
@@ -88,7 +127,12 @@ class DLataset:
             decoders={"steps": tfds.decode.SkipDecoding()},
         )
         dataset = dataset.map(_broadcast_episode_metadata, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return cls(dataset)
+        files = RecordFiles(
+            dataset_name=builder.info.full_name,
+            directory=str(builder.data_dir),
+            paths=tuple(dict.fromkeys(str(f.filename) for f in builder.info.splits[split].file_instructions)),
+        )
+        return cls(dataset, sources=(files,))
 
     def _map(self, fn: Callable, num_parallel_calls: int, seed: int | None) -> "DLataset":
         if seed is None:
@@ -158,15 +202,38 @@ class DLataset:
         mixed = tf.data.Dataset.sample_from_datasets(
             [dataset.dataset for dataset in datasets], weights=weights, seed=seed, stop_on_empty_dataset=False
         )
-        return DLataset(mixed, is_flattened=levels.pop())
+        return DLataset(mixed, is_flattened=levels.pop(), sources=tuple(s for d in datasets for s in d.sources))
 
     @property
     def element_spec(self):
         return self.dataset.element_spec
 
     def iterator(self, prefetch: int = AUTOTUNE) -> Iterator[Any]:
-        """Yields elements as (nested dicts of) numpy arrays."""
-        return self.dataset.prefetch(prefetch).as_numpy_iterator()
+        """Yields elements as (nested dicts of) numpy arrays.
+
+        A damaged (truncated or corrupted) TFRecord file fails as one InputError naming it.
+        """
+        return self._naming_damaged_files(self.dataset.prefetch(prefetch).as_numpy_iterator())
+
+    def _naming_damaged_files(self, elements: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from elements
+        except tf.errors.DataLossError as error:
+            if not self.sources:
+                raise  # not read from files: nothing to name
+            for source in self.sources:
+                damaged = _damaged_file(source.paths)
+                if damaged is not None:
+                    path, reason = damaged
+                    raise InputError(
+                        f"TFRecord file '{path}' of dataset '{source.dataset_name}' is truncated or corrupted "
+                        f"({reason}); rebuild or re-download the dataset"
+                    ) from None
+            directories = ", ".join(f"'{source.directory}'" for source in self.sources)
+            raise InputError(
+                f"reading dataset '{self.name}' from {directories} failed ({_tf_error_summary(error)}), "
+                "though each of its TFRecord files reads back whole"
+            ) from None
 
     def __iter__(self) -> Iterator[Any]:
         return self.iterator()

@@ -15,6 +15,8 @@ std is the population std (numpy's default, ddof=0); q01/q99 are `np.quantile` w
 The cache file `dataset_statistics_<key>.json` (key: first 16 hex digits of the sha256 of the JSON
 list of hash dependencies) also stores the hash dependencies, for reference; it is written
 atomically, so concurrent writers (several hosts) and interrupted runs never leave a torn file.
+Statistics must be finite: data with NaN/Inf fails before anything is cached, and a statistics file
+holding a non-finite value (an older version cached those) is refused on writing and on reading.
 """
 
 import hashlib
@@ -79,11 +81,31 @@ def _from_json(value: Any) -> Any:
     }
 
 
+def _first_non_finite(statistics: Mapping, prefix: str = "") -> str | None:
+    """Where the first non-finite statistic of a (possibly nested) statistics dict is, e.g.
+    "action.mean[2] = nan"; None when all are finite."""
+    for key, value in statistics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found = _first_non_finite(value, f"{name}.")
+            if found is not None:
+                return found
+        elif key in STAT_KEYS and (flat := np.asarray(value).ravel()).dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(flat))
+            if bad.size:
+                return f"{name}[{bad[0]}] = {flat[bad[0]]}"
+    return None
+
+
 def save_statistics(statistics: Mapping, path: str, *, hash_dependencies: Sequence[str] | None = None) -> None:
     """Writes statistics (arrays as lists) to `path` atomically (a temp file in the same dir, then a rename).
 
-    Raises OSError if the directory cannot be created or written.
+    Raises InputError (writing nothing) if a statistic is not finite, OSError if the directory cannot
+    be created or written.
     """
+    non_finite = _first_non_finite(statistics)
+    if non_finite is not None:
+        raise InputError(f"refusing to write non-finite dataset statistics to '{path}': {non_finite}")
     content = _to_json(statistics)
     if hash_dependencies is not None:
         content[_HASH_DEPENDENCIES_KEY] = list(hash_dependencies)
@@ -93,8 +115,8 @@ def save_statistics(statistics: Mapping, path: str, *, hash_dependencies: Sequen
 def load_statistics(path: str) -> dict:
     """Reads statistics written by `save_statistics`; arrays come back as float32 numpy arrays.
 
-    The stored hash dependencies (if any) are dropped. Raises InputError if the file is missing or
-    is not valid JSON.
+    The stored hash dependencies (if any) are dropped. Raises InputError if the file is missing, is
+    not valid JSON or holds a non-finite statistic (Python's json reads a bare NaN token as nan).
     """
     if not os.path.isfile(path):
         raise InputError(f"dataset statistics file '{path}' does not exist")
@@ -106,7 +128,11 @@ def load_statistics(path: str) -> dict:
     if not isinstance(content, dict):
         raise InputError(f"dataset statistics file '{path}' must hold a JSON object, got {type(content).__name__}")
     content.pop(_HASH_DEPENDENCIES_KEY, None)
-    return _from_json(content)
+    statistics = _from_json(content)
+    non_finite = _first_non_finite(statistics)
+    if non_finite is not None:
+        raise InputError(f"dataset statistics file '{path}' holds a non-finite value ({non_finite})")
+    return statistics
 
 
 def _is_complete(statistics: Mapping) -> bool:
@@ -136,6 +162,24 @@ def _feature_statistics(values_ND: np.ndarray) -> dict:
         "q99": np.quantile(values_ND, 0.99, axis=0),
     }
     return {k: v.astype(np.float32) for k, v in stats.items()}
+
+
+def _check_finite(values_ND: np.ndarray, lengths: Sequence[int], feature: str, dataset_name: str) -> None:
+    """NaN/Inf in the data would make the statistics, and then every loss, NaN: one line naming where."""
+    finite_ND = np.isfinite(values_ND)
+    if finite_ND.all():
+        return
+    dimension = int(np.flatnonzero(~finite_ND.all(axis=0))[0])
+    rows = np.flatnonzero(~finite_ND[:, dimension])
+    starts = np.cumsum([0, *lengths])
+    trajectory = int(np.searchsorted(starts, rows[0], side="right") - 1)
+    step = int(rows[0] - starts[trajectory])
+    dataset = f"dataset '{dataset_name}'" if dataset_name else "the dataset"
+    raise InputError(
+        f"cannot compute statistics of {dataset}: {feature} dimension {dimension} has {rows.size} non-finite "
+        f"value(s) in {len(values_ND)} steps (first: {values_ND[rows[0], dimension]} at step {step} of trajectory "
+        f"{trajectory} in reading order); fix or filter those steps"
+    )
 
 
 def _compute(dataset: DLataset, show_progress: bool) -> dict:
@@ -168,6 +212,8 @@ def _compute(dataset: DLataset, show_progress: bool) -> dict:
     num_transitions = len(statistics["action"])
     if num_transitions == 0:
         raise InputError(f"cannot compute dataset statistics: all {num_trajectories} trajectories are empty")
+    for feature in FEATURES:
+        _check_finite(statistics[feature], [len(chunk) for chunk in chunks[feature]], feature, dataset.name)
     result = {feature: _feature_statistics(statistics[feature]) for feature in FEATURES}
     result["num_transitions"] = int(num_transitions)
     result["num_trajectories"] = int(num_trajectories)
@@ -188,7 +234,8 @@ def compute_dataset_statistics(
     transforms): statistics are reused whenever they match. The cache is looked up in `cache_dir`,
     then in `fallback_cache_dir()`; a fresh result is written to `cache_dir`, or to the fallback
     (with a warning) when `cache_dir` cannot be written. Images and other keys are dropped before
-    the pass, so it reads only actions and proprio.
+    the pass, so it reads only actions and proprio. Raises InputError, caching nothing, when the
+    data holds NaN/Inf; a cached file with a non-finite value is ignored (with a warning) and replaced.
     """
     hash_dependencies = [str(dep) for dep in hash_dependencies]
     filename = cache_filename(hash_dependencies)
