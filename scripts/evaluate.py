@@ -28,6 +28,7 @@ from octo_like.eval.policies import RandomPolicy, ScriptedPolicy, load_checkpoin
 from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_video
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.model.release import check_release
+from octo_like.policy.registry import read_release_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically
@@ -70,8 +71,10 @@ def policy_spec() -> dict:
     if _POLICY.value == "checkpoint":
         if not _CHECKPOINT.value:
             raise InputError("--policy=checkpoint needs --checkpoint=RUN_DIR")
-        # Before any output or evaluation work: a directory without a saved step fails at once.
+        # Before any output or evaluation work: a directory without a saved step, or whose config
+        # names what a release may not, fails at once.
         check_release(_CHECKPOINT.value, _STEP.value)
+        read_release_config(_CHECKPOINT.value)
         return spec.create(load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value)
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,12 +50,18 @@ def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
     unsaved_run.mkdir()  # a run killed before its first save: release files, no step
     for name in ("config.json", "dataset_statistics.json", "example_batch.msgpack"):
         (unsaved_run / name).write_text("{}")
+    attack_run = tmp_path / "attack_run"  # a saved step, and a config that would run a command
+    shutil.copytree(unsaved_run, attack_run)
+    (attack_run / "1").mkdir()
+    attack = {"module": "os", "name": "system", "args": [f"touch {tmp_path / 'pwned'}"], "kwargs": {}}
+    (attack_run / "config.json").write_text(json.dumps({"model": {"heads": {"action": attack}}}))
     checkpoint = ("--policy=checkpoint", f"--output_dir={output_dir}")
     cases = {
         ("--tasks=reach,fly", f"--output_dir={output_dir}"): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
         (*checkpoint, f"--checkpoint={tmp_path / 'nope'}"): "is not a directory; expected a run directory",
         (*checkpoint, f"--checkpoint={empty_run}"): f"error: '{empty_run}' is not a run directory: it has no config.json",
         (*checkpoint, f"--checkpoint={unsaved_run}"): f"error: run directory '{unsaved_run}' has no saved checkpoint step",
+        (*checkpoint, f"--checkpoint={attack_run}"): "model.heads.action names 'os:system', which is not a registered component",
         ("--tasks=reach", "--instructions=/no/such.json", f"--output_dir={output_dir}"): "--instructions file '/no/such.json' not found",
         ("--tasks=reach",): "error: --output_dir is required",
     }
@@ -64,5 +71,5 @@ def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
     # Nothing written: no output directory, the run directories untouched.
-    assert sorted(os.listdir(tmp_path)) == ["empty_run", "unsaved_run"] and not any(empty_run.iterdir())
+    assert sorted(os.listdir(tmp_path)) == ["attack_run", "empty_run", "unsaved_run"] and not any(empty_run.iterdir())
     assert sorted(os.listdir(unsaved_run)) == ["config.json", "dataset_statistics.json", "example_batch.msgpack"]
