@@ -55,8 +55,9 @@ def damage(path: str, how: str) -> None:
 
 def damaged_copy(synthetic_data_dir: str, tmp_path, config: str, how: str) -> tuple[str, str]:
     """(data dir, damaged shard): a copy of one synthetic config whose first TFRecord shard is damaged."""
-    shutil.copytree(os.path.join(synthetic_data_dir, "synthetic_rlds", config),
-                    tmp_path / "synthetic_rlds" / config)
+    # Without the statistics other tests cached next to the shared data: these must be computed.
+    shutil.copytree(os.path.join(synthetic_data_dir, "synthetic_rlds", config), tmp_path / "synthetic_rlds" / config,
+                    ignore=shutil.ignore_patterns("dataset_statistics_*.json"))
     shard = sorted(glob.glob(str(tmp_path / "synthetic_rlds" / config / "*" / "*.tfrecord*")))[0]
     damage(shard, how)
     return str(tmp_path), shard
