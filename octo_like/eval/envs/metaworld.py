@@ -19,6 +19,7 @@
   Debian package libosmesa6).
 """
 
+import atexit
 import os
 import warnings
 import weakref
@@ -44,7 +45,10 @@ STATE_DIM = 39
 ACTION_DIM = 4
 
 
-def _close_renderer(renderer: mujoco.Renderer) -> None:
+def _close_renderer_if_alive(renderer_ref: weakref.ref) -> None:
+    renderer = renderer_ref()
+    if renderer is None:
+        return
     try:
         renderer.close()
     except Exception:  # noqa: BLE001  at process exit EGL may already be torn down; nothing is left to free
@@ -87,9 +91,12 @@ class MetaWorldEnv(gym.Env):
             self._renderer = mujoco.Renderer(model, image_size, image_size)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            # Free the GL context while the interpreter is still whole, also for environments
-            # never closed (those cached by worker processes): left to interpreter teardown, it raises.
-            weakref.finalize(self, _close_renderer, self._renderer)
+            # Free the GL context while EGL is still up, also for environments never closed (those
+            # cached by worker processes): left to interpreter teardown, it raises. A hook of its own,
+            # registered now, runs before EGL's teardown (registered when mujoco was imported; atexit
+            # runs the last registered first), which weakref.finalize's one shared hook does not
+            # ensure once anything earlier in the process made a finalizer.
+            atexit.register(_close_renderer_if_alive, weakref.ref(self._renderer))
         spaces = {
             f"image_{name}": gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8) for name in self.cameras
         }
