@@ -65,6 +65,9 @@ def test_unknown_variant_and_benchmark_fail_in_one_line():
     result = run_script("scripts/bench.py", "train", f"--config={CONFIG}", "--compute_dtypes=float32,float16")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --compute_dtypes entry 'float16'; expected one of float32, bfloat16"]
+    result = run_script("scripts/bench.py", "checkpoint", f"--config={CONFIG}", "--repeats=0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --repeats=0; expected an integer >= 1"]
 
 
 def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
