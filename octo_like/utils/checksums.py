@@ -68,13 +68,14 @@ def _host_array(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(_plain(x) if isinstance(x, jax.Array) else x))
 
 
-def _checksum(x, algorithm: str | None) -> tuple[str, bool]:
-    """("<algorithm>:<hex>", all values finite) of one array; `algorithm` None picks by addressability."""
+def _checksum(x, algorithm: str | None, check_finite: bool) -> tuple[str, bool]:
+    """("<algorithm>:<hex>", all values finite) of one array; `algorithm` None picks by addressability.
+    Without `check_finite`, the host pass skips the finiteness test (reported finite)."""
     if algorithm is None:
         algorithm = "fmix64" if _split_over_processes(x) else "xxh3_128"
     if algorithm == "xxh3_128":
         array = _host_array(x)
-        finite = not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
+        finite = not check_finite or not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
         return f"xxh3_128:{xxhash.xxh3_128_hexdigest(array.reshape(-1).view(np.uint8))}", finite
     if algorithm == "fmix64":
         sums, finite = _fmix64(jnp.asarray(x))
@@ -84,10 +85,13 @@ def _checksum(x, algorithm: str | None) -> tuple[str, bool]:
     raise ValueError(f"unknown checksum algorithm '{algorithm}'; expected one of {', '.join(ALGORITHMS)}")
 
 
-def tree_checksums(tree, algorithms: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def tree_checksums(tree, algorithms: Mapping[str, str] | None = None,
+                   check_finite: bool = True) -> tuple[dict[str, str], list[str]]:
     """({array path: "<algorithm>:<hex>"}, [paths of arrays holding NaN or Inf]) of a pytree of
     arrays; `algorithms` ({path: algorithm}, e.g. from recorded checksums) fixes an array's
-    algorithm. Every process must call it (an array split over processes is reduced jointly)."""
+    algorithm; `check_finite=False` (verifying a restore, whose values the checksums already pin
+    down) skips the finiteness pass and reports none. Every process must call it (an array split
+    over processes is reduced jointly)."""
     named = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
     algorithms = algorithms or {}
@@ -96,7 +100,7 @@ def tree_checksums(tree, algorithms: Mapping[str, str] | None = None) -> tuple[d
 
     def run(job):
         (_, algorithm), leaf = job
-        return _checksum(leaf, algorithm)
+        return _checksum(leaf, algorithm, check_finite)
 
     split = [job for job in jobs.items() if _split_over_processes(job[1])]
     whole = [job for job in jobs.items() if not _split_over_processes(job[1])]
