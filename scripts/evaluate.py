@@ -13,7 +13,10 @@ Writes to --output_dir:
   videos/<task>/episode_<i>.mp4   the first --videos_per_task episodes of every task (both cameras side by side)
 
 --instructions=FILE.json ({task: [instruction, ...]}) replaces the instructions the policy is
-given, e.g. the held-out paraphrases (`--write_heldout_instructions=FILE.json` writes them).
+given; --instructions=heldout gives it the held-out paraphrases of the tasks
+(`--write_heldout_instructions=FILE.json` writes them to a file, to edit).
+Cameras render at --image_size; a checkpoint's default is the largest image size it was trained
+on (read from the release), the scripted and random policies' 128.
 """
 
 import dataclasses
@@ -24,7 +27,7 @@ from absl import flags
 
 import cli_common  # (puts the repo root on sys.path)
 from octo_like.eval.envs.metaworld_tasks import heldout_instructions, resolve_tasks
-from octo_like.eval.policies import RandomPolicy, ScriptedPolicy, load_checkpoint_policy
+from octo_like.eval.policies import DEFAULT_RENDER_SIZE, RandomPolicy, ScriptedPolicy, load_checkpoint_policy, render_size_of_release
 from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_video
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.model.release import check_release
@@ -41,18 +44,20 @@ _TASKS = flags.DEFINE_string("tasks", "mt10", "Comma-separated task names or set
 _EPISODES = flags.DEFINE_integer("episodes", 20, "Episodes per task.")
 _SEED = flags.DEFINE_integer("seed", 0, "Evaluation seed: fixes every episode's start, instruction and policy noise.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results, videos and the chart go.")
-_INSTRUCTIONS = flags.DEFINE_string("instructions", None, "JSON file {task: [instruction, ...]} given to the policy.")
+_INSTRUCTIONS = flags.DEFINE_string("instructions", None, "JSON file {task: [instruction, ...]} given to the policy, or 'heldout'.")
 _VIDEOS = flags.DEFINE_integer("videos_per_task", 0, "Episodes per task saved as mp4.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Parallel episode processes (default: one per CPU).")
 _MAX_STEPS = flags.DEFINE_integer("max_episode_steps", 500, "Steps after which an episode counts as failed.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Rendered image size (resized to the policy's inputs).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Rendered image size, resized to the policy's inputs (default: a checkpoint's largest training size, else 128).")
 _EXEC_HORIZON = flags.DEFINE_integer("exec_horizon", None, "Actions run per predicted chunk (default: the whole chunk).")
 _TEMPORAL_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", False, "Predict every step and average overlapping chunks.")
 _EXP_WEIGHT = flags.DEFINE_float("exp_weight", 0.0, "Temporal ensemble weight decay (positive favours older predictions).")
 _WRITE_HELDOUT = flags.DEFINE_string("write_heldout_instructions", None, "Write the held-out paraphrases of --tasks to this JSON file and exit.")
 
 
-def read_instructions(path: str) -> dict[str, list[str]]:
+def read_instructions(path: str, tasks: list[str]) -> dict[str, list[str]]:
+    if path == "heldout":
+        return {task: list(texts) for task, texts in heldout_instructions(tasks).items()}
     if not os.path.isfile(path):
         raise InputError(f"--instructions file '{path}' not found; expected a JSON file {{task: [instruction, ...]}}")
     try:
@@ -77,6 +82,10 @@ def policy_spec() -> dict:
         read_release_config(_CHECKPOINT.value)
         return spec.create(load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value)
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
+
+
+def default_image_size() -> int:
+    return render_size_of_release(_CHECKPOINT.value) if _POLICY.value == "checkpoint" else DEFAULT_RENDER_SIZE
 
 
 def write_outputs(output_dir: str, settings: EvalSettings, episodes: list, results: dict) -> None:
@@ -107,13 +116,13 @@ def main(argv):
         return
     if not _OUTPUT_DIR.value:
         raise InputError("--output_dir is required")
+    policy = policy_spec()
     settings = EvalSettings(
         tasks=tasks, episodes_per_task=_EPISODES.value, seed=_SEED.value, max_episode_steps=_MAX_STEPS.value,
-        image_size=_IMAGE_SIZE.value, exec_horizon=_EXEC_HORIZON.value, temporal_ensemble=_TEMPORAL_ENSEMBLE.value,
-        exp_weight=_EXP_WEIGHT.value, videos_per_task=_VIDEOS.value,
-        instructions=read_instructions(_INSTRUCTIONS.value) if _INSTRUCTIONS.value else None,
+        image_size=_IMAGE_SIZE.value or default_image_size(), exec_horizon=_EXEC_HORIZON.value,
+        temporal_ensemble=_TEMPORAL_ENSEMBLE.value, exp_weight=_EXP_WEIGHT.value, videos_per_task=_VIDEOS.value,
+        instructions=read_instructions(_INSTRUCTIONS.value, tasks) if _INSTRUCTIONS.value else None,
     )
-    policy = policy_spec()
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     episodes = evaluate(policy, settings, num_workers=_WORKERS.value)
     results = summarize(episodes)

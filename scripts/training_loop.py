@@ -28,6 +28,7 @@ from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
 from octo_like.train.metrics import MetricsWriter, check_finite_metrics, plot_losses
 from octo_like.train.optim import make_optimizer
+from octo_like.train.rollout_eval import RolloutEvalSettings, RolloutEvaluator, check_rollout_eval_config
 from octo_like.train.run_lock import hold_run_lock
 from octo_like.train.state import TrainState
 from octo_like.train.step import COMPUTE_DTYPES, make_eval_step, make_train_step
@@ -42,7 +43,7 @@ def dataset_statistics_with_settings(dataset_config: dict, statistics: dict) -> 
     return {
         kwargs["name"]: with_normalization_settings(
             statistics[kwargs["name"]], kwargs.get("action_proprio_normalization_type", "normal"),
-            kwargs.get("action_normalization_mask"), kwargs.get("proprio_normalization_mask"),
+            kwargs.get("action_normalization_mask"), kwargs.get("proprio_normalization_mask"), kwargs.get("proprio_obs_key"),
         )
         for kwargs in kwargs_list
     }
@@ -57,17 +58,32 @@ def check_heads_fit_data(config: dict, example_batch: dict) -> None:
             raise InputError(f"{horizon_key}={declared_horizon} disagrees with the data's action chunk of {horizon} (dataset.traj_transform_kwargs.action_horizon)")
 
 
-def check_same_model(run_dir: str, config: dict) -> None:
-    """Resuming needs the model the checkpoint was trained with: one line naming the first difference."""
-    if not os.path.isfile(os.path.join(run_dir, RELEASE_CONFIG)):
+def check_same_run(run_dir: str, config: dict) -> None:
+    """Resuming needs the model the checkpoint was trained with and the same learning-rate schedule
+    (the schedule is a function of num_steps and the optimizer section: another num_steps would
+    silently continue under another schedule): one line naming the first difference."""
+    if not release.saved_steps(run_dir) or not os.path.isfile(os.path.join(run_dir, RELEASE_CONFIG)):
         return
-    saved = read_config_json(run_dir)["model"]  # compared, never built: the run's own components may be any
+    saved_config = read_config_json(run_dir)  # compared, never built: the run's own components may be any
+    saved = saved_config["model"]
     current = json.loads(json.dumps(resolve_model_config(config["model"]), default=list))
     if saved != current:
         differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
         raise InputError(
             f"run directory '{run_dir}' holds checkpoints of another model (model.{differing[0]} differs); "
             "expected the same model config to resume, or a new --config.run_dir"
+        )
+    schedule = {"num_steps": config["num_steps"], **{f"optimizer.{key}": value for key, value in config["optimizer"].items()}}
+    saved_schedule = {"num_steps": saved_config.get("num_steps"),
+                      **{f"optimizer.{key}": value for key, value in saved_config.get("optimizer", {}).items()}}
+    schedule, saved_schedule = (json.loads(json.dumps(tree, default=list)) for tree in (schedule, saved_schedule))
+    differing = sorted(key for key in set(schedule) | set(saved_schedule) if schedule.get(key) != saved_schedule.get(key))
+    if differing:
+        key = differing[0]
+        raise InputError(
+            f"run directory '{run_dir}' was trained with {key}={saved_schedule.get(key)!r}, not {schedule.get(key)!r}: "
+            "resuming would continue under another learning-rate schedule; expected the same settings, "
+            "or a new --config.run_dir (scripts/finetune.py starts a new run from a checkpoint)"
         )
 
 
@@ -87,13 +103,14 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     and process 0 alone writes the metrics, prints and holds the run directory's lock.
     """
     check_training_config(config)
+    check_rollout_eval_config(config)
     compute_dtype = config.get("compute_dtype", "float32")
     if compute_dtype not in COMPUTE_DTYPES:
         raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
     distributed.initialize(**config.get("distributed", {}))
     mesh = make_mesh(**config.get("mesh", {}))
     check_batch_size(config["dataset"]["batch_size"], mesh)
-    check_same_model(config["run_dir"], config)  # before any data or model work: a wrong run directory fails at once
+    check_same_run(config["run_dir"], config)  # before any data or model work: a wrong run directory fails at once
     with contextlib.ExitStack() as lock:
         lock_error = None
         try:
@@ -130,6 +147,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     state = TrainState.create_sharded(model.params, optimizer, jax.random.fold_in(rng, 1), shardings_of)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
     if primary:
+        model.write_release_files(run_dir)  # the run directory tells what it trains from step 0, not from the first save
         print(f"model: {num_params / 1e6:.2f}M parameters; {jax.process_count()} process(es), mesh {dict(mesh.shape)}; "
               f"run directory {run_dir}")
 
@@ -146,6 +164,10 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     eval_step = make_eval_step(model.loss, model.action_mse)
     start_step = int(state.step)
     writer = MetricsWriter(run_dir, active=primary, resumed_step=start_step)
+    rollout_settings = RolloutEvalSettings.from_config(config)
+    rollouts = None
+    if primary and rollout_settings is not None:
+        rollouts = RolloutEvaluator(run_dir, rollout_settings, lambda step, metrics: writer.write(step, metrics, prefix="rollout/"))
     # Exact resume: the pipeline is deterministic for its seed, so replaying it to the resumed
     # step gives the batches the uninterrupted run saw (step k trains on element k of the stream,
     # element 0 being the example batch). Costs the data work of the skipped steps, not training.
@@ -160,6 +182,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     with jax.set_mesh(mesh), distributed.PreemptionNotice() as preemption, contextlib.closing(writer), \
             contextlib.ExitStack() as finish_saves:
         finish_saves.callback(manager.wait_until_finished)
+        preempted = False
         for step in progress:
             batch = example_batch if step == 0 else next(train_batches)
             state, metrics = train_step(state, shard_batch(batch, mesh))
@@ -171,6 +194,8 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
                 writer.write(step + 1, {**metrics, "learning_rate": schedule(step), "steps_per_s": steps_per_s}, prefix="train/")
                 progress.set_postfix(loss=f"{float(metrics['loss']):.4f}", steps_per_s=f"{steps_per_s:.1f}")
                 window_start, window_steps = time.perf_counter(), 0
+                if rollouts is not None:
+                    rollouts.poll()
             if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
                 val_batches = itertools.islice(val_data.iterator(), config["eval_batches"])
                 val_metrics = [jax.device_get(eval_step(state.params, shard_batch(batch, mesh), jax.random.key(step)))
@@ -185,10 +210,15 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
                 # a non-finite step is never saved, whatever the log interval.
                 check_finite_metrics(step + 1, jax.device_get(metrics), batch)
                 model.save_pretrained(step + 1, run_dir, params=state.params, manager=manager, state=state)
+                if rollouts is not None:
+                    rollouts.saved(step + 1)
             if preempted:
                 if primary:
                     print(f"stopped by SIGTERM after step {step + 1}; saved it: the same command resumes")
                 break
+        if rollouts is not None and not preempted:
+            manager.wait_until_finished()
+            rollouts.wait()  # the last success belongs in the metrics written below
     last_step = manager.latest_step()
     if last_step is not None:
         release.check_step_saved(manager, last_step, state.params)

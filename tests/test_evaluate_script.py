@@ -43,6 +43,17 @@ def test_heldout_instructions_round_trip_through_a_file(tmp_path):
     assert episode["instruction"] == "put the hand at the target" and episode["length"] == 5
 
 
+def test_a_checkpoint_renders_at_its_training_size_and_takes_the_heldout_paraphrases(tmp_path):
+    release = "tests/fixtures/release_a34613f"  # a 32x32 primary camera
+    result = evaluate("--policy=checkpoint", f"--checkpoint={release}", "--tasks=reach,drawer-open", "--episodes=1",
+                      "--max_episode_steps=3", "--workers=1", "--instructions=heldout", f"--output_dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["settings"]["image_size"] == 32 and results["settings"]["instructions"] == "heldout"
+    episodes = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
+    assert [episode["instruction"] for episode in episodes] == ["put the hand at the target", "pull out the drawer"]
+
+
 def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
     output_dir = tmp_path / "out"
     empty_run, unsaved_run = tmp_path / "empty_run", tmp_path / "unsaved_run"

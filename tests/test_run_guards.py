@@ -24,7 +24,8 @@ def valid_config() -> dict:
 
 
 @pytest.mark.parametrize("config_arg", ["metaworld_scratch.py:diffusion", "octo_scratch.py:tiny", "octo_scratch.py:small",
-                                        "vla_tokens.py:bins", "vla_flow.py:adarms", "otter_metaworld.py:text_aware"])
+                                        "vla_tokens.py:bins", "vla_flow.py:adarms", "otter_metaworld.py:text_aware",
+                                        "metaworld_mt10.py"])
 def test_the_shipped_configs_are_in_range(config_arg):
     check_training_config(load_config(f"experiments/configs/{config_arg}").to_dict())
 
@@ -127,3 +128,17 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_g
     assert sorted(int(name) for name in os.listdir(run_dir) if name.isdigit()) == [1]
     model = PolicyModel.load_pretrained(str(run_dir))  # verified against its checksums
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(model.params))
+
+
+def test_the_run_directory_is_a_release_but_the_parameters_from_step_0(synthetic_data_dir, tmp_path):
+    # Diverges at step 2, long before the first save: what the run trains is on disk anyway.
+    run_dir = tmp_path / "early"
+    result = run_script("train.py", f"--config={CONFIG}", *small_run(
+        synthetic_data_dir, run_dir, "--config.num_steps=6", "--config.log_interval=1", "--config.save_interval=6",
+        "--config.optimizer.learning_rate=1e30", "--config.optimizer.warmup_steps=0", "--config.optimizer.clip_gradient=0"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    names = set(os.listdir(run_dir))
+    assert {"config.json", "dataset_statistics.json", "example_batch.msgpack"} <= names
+    assert not [name for name in names if name.isdigit()]
+    assert json.loads((run_dir / "config.json").read_text())["num_steps"] == 6
+    assert "synthetic_rlds/default" in json.loads((run_dir / "dataset_statistics.json").read_text())

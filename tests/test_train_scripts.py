@@ -53,6 +53,7 @@ def test_train_writes_the_release_format_and_metrics(pretrained):
     statistics = json.loads((pretrained / "dataset_statistics.json").read_text())
     assert statistics["synthetic_rlds/default"]["action"]["normalization_type"] == "normal"
     assert len(statistics["synthetic_rlds/default"]["action"]["mask"]) == 7
+    assert statistics["synthetic_rlds/default"]["proprio"]["obs_key"] == "state"  # where inference reads the proprio
 
 
 def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head(pretrained, synthetic_data_dir, tmp_path):
@@ -148,6 +149,19 @@ def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_dat
         f"error: run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
         "expected the same model config to resume, or a new --config.run_dir"
     )
+
+
+def test_resuming_under_another_schedule_fails_in_one_line(pretrained, synthetic_data_dir):
+    pretraining_flags = pretraining(synthetic_data_dir, pretrained)
+    result = run_script("train.py", *pretraining_flags, "--config.num_steps=60")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: run directory '{pretrained}' was trained with num_steps=40, not 60: resuming would continue under another "
+        "learning-rate schedule; expected the same settings, or a new --config.run_dir (scripts/finetune.py starts a new run "
+        "from a checkpoint)"
+    )
+    result = run_script("train.py", *pretraining_flags, "--config.optimizer.warmup_steps=7")
+    assert result.returncode == 2 and "was trained with optimizer.warmup_steps=" in result.stderr.strip().splitlines()[-1]
 
 
 def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(synthetic_data_dir, tmp_path):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from octo_like.eval.envs.metaworld_tasks import resolve_tasks
+from octo_like.eval.envs.metaworld_tasks import ENV_PROPRIO_KEYS, resolve_tasks
 from octo_like.utils.errors import InputError
 
 METAWORLD_ACTION_DIM = 4
@@ -105,15 +105,17 @@ class CheckpointPolicy:
     *, rng, unnormalization_statistics)` returning normalized-then-unnormalized actions [B, H, A].
     Proprio is normalized here exactly as the data pipeline normalized it for training: the
     statistics carry the normalization type and mask (`policy.with_normalization_settings`).
+    `proprio_key` is the environment observation the checkpoint's proprio was recorded from
+    (`env_proprio_key` reads it from the release's statistics).
     """
 
-    def __init__(self, model: Any, *, dataset_name: str | None = None):
+    def __init__(self, model: Any, *, dataset_name: str | None = None, proprio_key: str = "proprio"):
         self.model = model
+        self.proprio_key = proprio_key
         example_observation = model.example_batch["observation"]
-        self.image_sizes = {
-            key.removeprefix("image_"): tuple(value.shape[-3:-1])
-            for key, value in example_observation.items() if key.startswith("image_")
-        }
+        from octo_like.model.release import image_sizes  # orbax: only where a checkpoint runs
+
+        self.image_sizes = image_sizes(model.example_batch)
         self.cameras = tuple(self.image_sizes)
         self.window_size = example_observation["timestep_pad_mask"].shape[1]
         _, _, self.action_horizon, self.action_dim = model.example_batch["action"].shape
@@ -138,7 +140,9 @@ class CheckpointPolicy:
         del task
         self._task = self.model.create_tasks(texts=[instruction])
 
-    def _model_observation(self, observation_window) -> dict:
+    def model_observation(self, observation_window) -> dict:
+        """An environment observation window -> the model's batch of one: images resized as in
+        training, the proprio read from `proprio_key` and normalized, pad masks."""
         from octo_like.utils.normalization import normalize
 
         observation = {"timestep_pad_mask": observation_window["timestep_pad_mask"][None],
@@ -149,7 +153,7 @@ class CheckpointPolicy:
             stats = self.statistics["proprio"]
             mask = stats.get("mask")
             observation["proprio"] = normalize(
-                observation_window["proprio"], stats, str(stats.get("normalization_type", "normal")),
+                observation_window[self.proprio_key], stats, str(stats.get("normalization_type", "normal")),
                 None if mask is None else np.asarray(mask, bool),
             ).astype(np.float32)[None]
         observation["pad_mask_dict"] = {
@@ -162,14 +166,45 @@ class CheckpointPolicy:
 
         key = jax.random.key(int(rng.integers(2**31)))
         actions_BHA = self.model.sample_actions(
-            self._model_observation(observation_window), self._task, rng=key,
+            self.model_observation(observation_window), self._task, rng=key,
             unnormalization_statistics=self.statistics["action"],
         )
         return np.asarray(actions_BHA[0], np.float32)
+
+
+DEFAULT_RENDER_SIZE = 128
+
+
+def render_size_of_release(run_dir: str) -> int:
+    """The size to render cameras at for a release: its largest input image, so the primary camera
+    is rendered at the size it was trained on rather than rendered larger and resized down."""
+    from octo_like.model.release import image_sizes, read_example_batch
+
+    sizes = image_sizes(read_example_batch(run_dir)).values()
+    return max((max(size) for size in sizes), default=DEFAULT_RENDER_SIZE)
+
+
+def env_proprio_key(statistics: Mapping) -> str:
+    """The Meta-World observation key that feeds a release's proprio: its dataset statistics name
+    the dataset observation it was read from (`proprio.obs_key`, e.g. "full_state" for the 39-d
+    state; releases without one read the hand proprio)."""
+    dataset_key = str(statistics.get("proprio", {}).get("obs_key", "proprio"))
+    if dataset_key not in ENV_PROPRIO_KEYS:
+        raise InputError(f"the checkpoint's proprio was read from the dataset key '{dataset_key}'; "
+                         f"a Meta-World environment provides one of {', '.join(ENV_PROPRIO_KEYS)}")
+    return ENV_PROPRIO_KEYS[dataset_key]
+
+
+def policy_from_model(model: Any, dataset_name: str | None = None) -> CheckpointPolicy:
+    """The CheckpointPolicy of a loaded release (`PolicyModel.load_pretrained`), reading its proprio
+    from the observation the release's dataset recorded it from."""
+    policy = CheckpointPolicy(model, dataset_name=dataset_name)
+    policy.proprio_key = env_proprio_key(policy.statistics)
+    return policy
 
 
 def load_checkpoint_policy(run_dir: str, step: int | None = None, dataset_name: str | None = None) -> CheckpointPolicy:
     """The CheckpointPolicy of a run directory (the release format of `PolicyModel.save_pretrained`)."""
     from octo_like.model.policy import PolicyModel
 
-    return CheckpointPolicy(PolicyModel.load_pretrained(run_dir, step=step), dataset_name=dataset_name)
+    return policy_from_model(PolicyModel.load_pretrained(run_dir, step=step), dataset_name)

@@ -11,7 +11,7 @@
     observation_tokenizers: {name: spec}   e.g. spec.create(ImageTokenizer, camera="primary")
     task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
     language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None,
-                             "encoder": "minilm" | "clip" | "backbone"} or None
+                             "encoder": "minilm" | "clip" | "backbone", "tokens": "all" | "sentence"} or None
     clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
@@ -21,7 +21,11 @@ Language goes through a frozen encoder: all-MiniLM-L6-v2 (`language_encoder` in 
 loaded from safetensors at creation) or, with `encoder="clip"`, the text tower of the policy's
 frozen CLIP (`clip`), whose per-token joint embeddings the text-aware image tokenizers also read.
 Frozen means never updated: outputs are cut from the gradient and the optimizer leaves
-`language_encoder/*` and `clip/*` alone whatever its config says (`PolicyModel.frozen_keys`). The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
+`language_encoder/*` and `clip/*` alone whatever its config says (`PolicyModel.frozen_keys`).
+With `tokens="sentence"` the transformer reads one language token, the encoder's sentence
+embedding (masked mean of its token states, unit length: how all-MiniLM-L6-v2 was trained to
+compare sentences), so rewordings of an instruction land near each other; `"all"` (the default)
+passes every token state. The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
 directory: architecture and weights), else it is a randomly initialized `clip.size`
 (CLIP_SIZES); `create` writes the architecture into `clip.config`, so a release rebuilds it without
 the checkpoint. The run directory (release format) holds config.json, dataset_statistics.json,
@@ -71,6 +75,7 @@ from octo_like.utils.text import FixedLengthTokenizer
 LANGUAGE_ENCODER = "language_encoder"
 CLIP = "clip"
 LANGUAGE_ENCODERS = ("minilm", "clip", "backbone")
+LANGUAGE_TOKENS = ("all", "sentence")
 RELEASE_TOKENIZER = "tokenizer.json"
 RELEASE_FAST_TOKENIZER = "fast_tokenizer"
 LORA = "lora"
@@ -96,6 +101,7 @@ class PolicyNetwork(nn.Module):
     window_size: int
     clip_config: CLIPConfig | None = None
     language_from_clip: bool = False
+    language_tokens: str = "all"
 
     def setup(self):
         self.observation_tokenizer_modules = {name: spec_lib.instantiate(s) for name, s in self.observation_tokenizers.items()}
@@ -113,20 +119,28 @@ class PolicyNetwork(nn.Module):
             **{**TRANSFORMER_SIZES[size], **transformer}, num_timesteps_max=self.window_size
         )
 
+    def language_groups(self, task) -> tuple[dict[str, TokenGroup], jax.Array | None]:
+        """({"language": TokenGroup} or {}, the pooled instruction embedding [B, C] or None)."""
+        if self.language is None and not self.language_from_clip:
+            return {}, None
+        ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
+        mask_BL = language_mask(task)
+        if self.language_from_clip:
+            hidden_BLC = getattr(self, CLIP).encode_text(ids_BL, mask_BL.astype(jnp.int32))["token_embeds"]
+        else:
+            hidden_BLC = getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32))
+        # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
+        hidden_BLC = jax.lax.stop_gradient(hidden_BLC)
+        weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
+        embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+        if self.language_tokens == "sentence":
+            norm_B1 = jnp.maximum(jnp.linalg.norm(embedding_BC, axis=-1, keepdims=True), 1e-6)
+            return {"language": TokenGroup((embedding_BC / norm_B1)[:, None], mask_BL.any(axis=1, keepdims=True))}, embedding_BC
+        return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
+
     def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
         """The transformer's readout tokens by group name ("readout_<name>")."""
-        task_groups, language_embedding_BC = {}, None
-        if self.language is not None or self.language_from_clip:
-            ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
-            mask_BL = language_mask(task)
-            if self.language_from_clip:
-                hidden_BLC = getattr(self, CLIP).encode_text(ids_BL, mask_BL.astype(jnp.int32))["token_embeds"]
-            else:
-                hidden_BLC = getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32))
-            # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
-            task_groups["language"] = TokenGroup(jax.lax.stop_gradient(hidden_BLC), mask_BL)
-            weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
-            language_embedding_BC = (task_groups["language"].tokens * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+        task_groups, language_embedding_BC = self.language_groups(task)
 
         def tokenize(tokenizer: nn.Module) -> TokenGroup:
             extra = {}
@@ -198,6 +212,9 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
                          "expected encoder='backbone' exactly when the VLA backbone reads the instruction")
     if model_config.get("vla") is not None:
         return make_vla_network(model_config["vla"])
+    language_tokens = (language or {}).get("tokens", "all")
+    if language_tokens not in LANGUAGE_TOKENS:
+        raise InputError(f"model.language.tokens='{language_tokens}'; expected one of {', '.join(LANGUAGE_TOKENS)}")
     clip = model_config.get("clip")
     if encoder == "clip" and clip is None:
         raise InputError("model.language.encoder='clip' needs a model.clip section")
@@ -215,6 +232,7 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
         window_size=window_size,
         clip_config=None if clip is None else CLIPConfig.from_dict(clip["config"], "model.clip.config"),
         language_from_clip=language is not None and encoder == "clip",
+        language_tokens=language_tokens,
     )
 
 
@@ -399,14 +417,16 @@ class PolicyModel:
         for resuming, when given, through the trainer's `manager`). With several processes, every
         process must call it (orbax saves cooperatively); process 0 alone writes the JSON files."""
         if jax.process_index() == 0:
-            self._write_release_files(run_dir)
+            self.write_release_files(run_dir)
         own_manager = manager is None
         manager = manager or release.checkpoint_manager(run_dir)
         release.save(manager, step, self.params if params is None else params, state)
         if own_manager:
             manager.wait_until_finished()
 
-    def _write_release_files(self, run_dir: str) -> None:
+    def write_release_files(self, run_dir: str) -> None:
+        """config.json, dataset_statistics.json, example_batch.msgpack (and the tokenizers a release
+        carries): everything of the release but the parameters. Training writes them at step 0 too."""
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomically(os.path.join(run_dir, "config.json"), json.dumps(self.config, indent=2, default=_json_default))
         write_text_atomically(
@@ -432,8 +452,7 @@ class PolicyModel:
         config = read_release_config(run_dir)  # data, never code: checked before any spec is built
         with open(os.path.join(run_dir, "dataset_statistics.json")) as file:
             statistics = jax.tree_util.tree_map(np.asarray, json.load(file), is_leaf=lambda x: isinstance(x, list))
-        with open(os.path.join(run_dir, "example_batch.msgpack"), "rb") as file:
-            example_batch = flax.serialization.msgpack_restore(file.read())
+        example_batch = release.read_example_batch(run_dir)
         if os.path.isfile(os.path.join(run_dir, RELEASE_TOKENIZER)):
             language = {**config["model"]["language"], "tokenizer_json": os.path.join(run_dir, RELEASE_TOKENIZER)}
             config["model"] = {**config["model"], "language": language}
@@ -475,14 +494,18 @@ def check_instruction_vocabulary(num_ids: int, vocab_size: int) -> None:
                          "(expected the checkpoint's own tokenizer in model.language.tokenizer_json and the dataset's text_tokenizer)")
 
 
-def with_normalization_settings(statistics: Mapping, normalization_type: str, action_mask=None, proprio_mask=None) -> dict:
+def with_normalization_settings(statistics: Mapping, normalization_type: str, action_mask=None, proprio_mask=None,
+                                proprio_obs_key: str | None = None) -> dict:
     """One dataset's statistics plus how the pipeline normalized with them, so that inference
-    (un)normalizes identically from the release alone."""
+    (un)normalizes identically from the release alone; `proprio["obs_key"]` names the dataset
+    observation the proprio was read from, so inference reads the same one."""
     statistics = dict(statistics)
     for key, mask in (("action", action_mask), ("proprio", proprio_mask)):
         statistics[key] = {**statistics[key], "normalization_type": normalization_type}
         if mask is not None:
             statistics[key]["mask"] = [bool(m) for m in mask]
+    if proprio_obs_key is not None:
+        statistics["proprio"]["obs_key"] = proprio_obs_key
     return statistics
 
 

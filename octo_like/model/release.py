@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -37,9 +38,34 @@ class NonFiniteStateError(InputError):
     """Parameters or optimizer state holding NaN or Inf: never written as a checkpoint."""
 
 
+def read_example_batch(run_dir: str) -> dict:
+    """The release's example batch (arrays only): it fixes cameras, image sizes, window and chunk."""
+    path = os.path.join(run_dir, "example_batch.msgpack")
+    if not os.path.isfile(path):
+        raise InputError(f"'{path}' not found; expected a run directory written by training (the release format)")
+    with open(path, "rb") as file:
+        return flax.serialization.msgpack_restore(file.read())
+
+
+def image_sizes(example_batch: dict) -> dict[str, tuple[int, int]]:
+    """{camera: (height, width)} of the observation images in a (release's) example batch."""
+    return {
+        key.removeprefix("image_"): tuple(int(n) for n in value.shape[-3:-1])
+        for key, value in example_batch["observation"].items() if key.startswith("image_")
+    }
+
+
 def checkpoint_manager(run_dir: str, max_to_keep: int | None = None, keep_period: int | None = None) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True)
     return ocp.CheckpointManager(os.path.abspath(run_dir), options=options, item_names=("params", "state", CHECKSUMS))
+
+
+def saved_steps(run_dir: str) -> list[int]:
+    """The finished orbax steps in `run_dir` (none when it does not exist)."""
+    if not os.path.isdir(run_dir):
+        return []
+    # Orbax names a finished step directory by its number (an unfinished one has a temporary suffix).
+    return sorted(int(name) for name in os.listdir(run_dir) if name.isdigit() and os.path.isdir(os.path.join(run_dir, name)))
 
 
 def check_release(run_dir: str, step: int | None = None) -> list[int]:
@@ -50,8 +76,7 @@ def check_release(run_dir: str, step: int | None = None) -> list[int]:
     for name in RELEASE_FILES:
         if not os.path.isfile(os.path.join(run_dir, name)):
             raise InputError(f"'{run_dir}' is not a run directory: it has no {name}")
-    # Orbax names a finished step directory by its number (an unfinished one has a temporary suffix).
-    steps = sorted(int(name) for name in os.listdir(run_dir) if name.isdigit() and os.path.isdir(os.path.join(run_dir, name)))
+    steps = saved_steps(run_dir)
     if not steps or (step is not None and step not in steps):
         wanted = "no saved checkpoint step" if not steps else f"no checkpoint step {step}; it has steps {steps}"
         raise InputError(f"run directory '{run_dir}' has {wanted}")

@@ -59,7 +59,8 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 def plot_losses(run_dir: str) -> str:
-    """loss.png in the run directory: train and val loss against the step (log scale)."""
+    """loss.png in the run directory: train and val loss against the step (log scale), and the
+    closed-loop success of the rollout evaluations (right axis) when the run had them."""
     from matplotlib.figure import Figure
 
     records = read_metrics(run_dir)
@@ -72,7 +73,16 @@ def plot_losses(run_dir: str) -> str:
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_yscale("log")
-    axes.legend()
+    handles, labels = axes.get_legend_handles_labels()
+    success = sorted((record["step"], record["rollout/mean_success"]) for record in records if "rollout/mean_success" in record)
+    if success:
+        success_axes = axes.twinx()
+        success_axes.plot(*zip(*success), color="tab:green", marker="o", label="success (rollouts)")
+        success_axes.set_ylabel("success rate")
+        success_axes.set_ylim(0.0, 1.0)
+        more_handles, more_labels = success_axes.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    axes.legend(handles, labels, loc="upper center")
     figure.tight_layout()
     path = os.path.join(run_dir, "loss.png")
     write_atomically(path, lambda temp_path: figure.savefig(temp_path, dpi=110))

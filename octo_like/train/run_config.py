@@ -23,6 +23,11 @@ def training_run_config(run_dir: str, num_steps: int) -> ml_collections.ConfigDi
         coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),
         process_id=config_dict.placeholder(int), auto=False,
     ))
+    # Closed-loop Meta-World success of saved steps, in a separate process (octo_like/train/rollout_eval.py):
+    # set tasks (e.g. "mt10") to turn it on; interval is a multiple of save_interval.
+    config.rollout_eval = ml_collections.ConfigDict(dict(
+        tasks=config_dict.placeholder(str), episodes=10, interval=1000, workers=1, seed=0, max_episode_steps=500,
+    ))
     config.compute_dtype = "float32"  # "bfloat16": parameters cast to bf16 inside the step; fp32 master copy and optimizer state
     config.grad_accumulation_steps = 1
     return config

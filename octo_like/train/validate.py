@@ -59,6 +59,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mesh.data": _MESH_SIZE,
     "mesh.fsdp": _MESH_SIZE,
     "mesh.tensor": _MESH_SIZE,
+    "rollout_eval.episodes": _POSITIVE,
+    "rollout_eval.interval": _POSITIVE,
+    "rollout_eval.workers": _POSITIVE,
+    "rollout_eval.seed": _NON_NEGATIVE,
+    "rollout_eval.max_episode_steps": _POSITIVE,
 }
 
 _ABSENT = object()

@@ -29,8 +29,8 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: exit when `parent_pid` dies, and leave Ctrl-C to the parent."""
+def die_with_parent(parent_pid: int) -> None:
+    """In a worker or child process: exit when `parent_pid` dies, and leave Ctrl-C to the parent."""
     # Ctrl-C in a terminal reaches the whole process group; the parent stops the workers, and a
     # worker's own KeyboardInterrupt would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -49,7 +49,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _spawned_pool(num_workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     pool = concurrent.futures.ProcessPoolExecutor(
         num_workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_die_with_parent, initargs=(os.getpid(),),
+        initializer=die_with_parent, initargs=(os.getpid(),),
     )
     try:
         yield pool

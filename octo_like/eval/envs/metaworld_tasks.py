@@ -19,6 +19,8 @@ import numpy as np
 from octo_like.utils.errors import InputError
 
 NUM_TRAIN_PARAPHRASES = 3
+# Dataset proprio key (data_pipelines/metaworld) -> the MetaWorldEnv observation it was recorded from.
+ENV_PROPRIO_KEYS = {"proprio": "proprio", "full_state": "state"}
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 # Four paraphrases per task: three for training, the last held out.
