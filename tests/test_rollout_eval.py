@@ -34,7 +34,7 @@ def test_training_logs_the_success_of_saved_steps_beside_the_losses(tmp_path):
     result = run_script(
         "train.py", f"--config={CONFIG}", "--config.dataset.mixture=metaworld/rollout", f"--config.dataset.data_dir={data_dir}",
         f"--config.run_dir={run_dir}", "--config.num_steps=4", "--config.save_interval=2", "--config.log_interval=1",
-        "--config.eval_interval=4", "--config.eval_batches=1", "--config.dataset.batch_size=4",
+        "--config.eval_interval=4", "--config.eval_batches=1", "--config.dataset.batch_size=8",
         "--config.dataset.shuffle_buffer_size=10", "--config.rollout_eval.tasks=reach", "--config.rollout_eval.episodes=2",
         "--config.rollout_eval.interval=2", "--config.rollout_eval.max_episode_steps=6",
     )

@@ -102,4 +102,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.traj_transform_kwargs.window_size = window
     config.dataset.traj_transform_kwargs.action_horizon = chunk
     config.dataset.frame_transform_kwargs.resize_size = image_sizes
+    if settings["wrist"] == "off":  # the wrist images are not even read
+        config.dataset.dataset_kwargs.image_obs_keys = {"primary": "image"}
     return config
