@@ -28,6 +28,8 @@ CONFIG_VARIANTS = [
     "synthetic.py:default", "synthetic.py:two_robots",
     "vla_flow.py", "vla_flow.py:lora", "vla_flow.py:adarms", "vla_flow.py:pod", "vla_flow.py:lora,pod",
     *(f"vla_tokens.py:{kind}{options}" for kind in ("bins", "fast") for options in ("", ",lora", ",pod", ",lora,pod")),
+    "metaworld_mt10.py", *(f"metaworld_mt10.py:head={head}" for head in HEAD_NAMES),
+    "metaworld_mt10.py:proprio=hand,language=all,film=off,wrist=off",
 ]
 
 
