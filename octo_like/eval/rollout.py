@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from octo_like.eval.envs.metaworld_tasks import episode_seed_sequence, resolve_tasks, train_instructions
-from octo_like.eval.policies import METAWORLD_ACTION_DIM, Policy
+from octo_like.eval.policies import DEFAULT_RENDER_SIZE, METAWORLD_ACTION_DIM, Policy
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.errors import InputError
 from octo_like.utils.parallel import map_in_processes
@@ -29,7 +29,7 @@ class EvalSettings:
     episodes_per_task: int = 20
     seed: int = 0
     max_episode_steps: int = 500
-    image_size: int = 128
+    image_size: int = DEFAULT_RENDER_SIZE
     cameras: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"primary": "corner", "wrist": "gripperPOV"})
     exec_horizon: int | None = None  # actions run per chunk (receding horizon); None: the whole chunk
     temporal_ensemble: bool = False  # instead: a new chunk every step, overlapping predictions averaged
