@@ -3,8 +3,7 @@
 # data/tensorflow_datasets (each skipped once built), and run the main job on them:
 #   1. the synthetic RLDS dataset -> its statistics, one training batch and the pipeline throughput;
 #   2. a small Meta-World dataset of scripted demonstrations (3 tasks x 6 episodes, 64x64 cameras);
-#   3. the tiny from-scratch policy (the MT10 recipe: flow head, 39-d state, instruction FiLM) trained on it
-#      on the CPU for a few minutes
+#   3. the tiny from-scratch policy (diffusion head) trained on it on the CPU for a few minutes
 #      -> runs/quickstart/policy/ (the release format, metrics.jsonl, loss.png);
 #   4. closed-loop evaluation of that policy and of the scripted expert on the three tasks
 #      -> runs/quickstart/eval_policy/ and runs/quickstart/eval_scripted/ (results.json,
@@ -14,7 +13,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 data_dir=${OCTO_LIKE_DATA_DIR:-data/tensorflow_datasets}
 tasks=reach,drawer-open,button-press-topdown
-steps=${OCTO_LIKE_QUICKSTART_STEPS:-1000}
+steps=${OCTO_LIKE_QUICKSTART_STEPS:-1500}
 
 .venv/bin/python -m data_pipelines.synthetic.build --data_dir "$data_dir"
 .venv/bin/python scripts/inspect_data.py --config experiments/configs/synthetic.py:default \
@@ -23,15 +22,14 @@ steps=${OCTO_LIKE_QUICKSTART_STEPS:-1000}
 .venv/bin/python -m data_pipelines.metaworld.build --data_dir "$data_dir" --name quickstart \
   --tasks "$tasks" --episodes_per_task 6 --image_size 64
 
-# The MT10 recipe (experiments/configs/metaworld_mt10.py) on the three-task data, at half its batch.
-.venv/bin/python scripts/train.py --config experiments/configs/metaworld_mt10.py \
+.venv/bin/python scripts/train.py --config experiments/configs/metaworld_scratch.py:diffusion \
   --config.dataset.mixture=metaworld/quickstart --config.dataset.data_dir="$data_dir" \
-  --config.run_dir=runs/quickstart/policy --config.num_steps="$steps" --config.dataset.batch_size=32
+  --config.run_dir=runs/quickstart/policy --config.num_steps="$steps"
 
 .venv/bin/python scripts/evaluate.py --policy=scripted --tasks="$tasks" --episodes=4 \
   --videos_per_task=1 --image_size=64 --output_dir=runs/quickstart/eval_scripted
 .venv/bin/python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/quickstart/policy \
-  --tasks="$tasks" --episodes=10 --videos_per_task=2 --output_dir=runs/quickstart/eval_policy
+  --tasks="$tasks" --episodes=10 --videos_per_task=2 --image_size=64 --output_dir=runs/quickstart/eval_policy
 
 echo "loss plot: runs/quickstart/policy/loss.png"
 echo "videos:    runs/quickstart/eval_policy/videos/ (policy), runs/quickstart/eval_scripted/videos/ (expert)"
