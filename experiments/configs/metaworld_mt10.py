@@ -15,14 +15,14 @@ own size), 50 demonstrations per task, each with one of the task's three trainin
 and executed actions perturbed by Gaussian noise of std 0.1 (the labels stay the expert's), so
 the data holds recoveries from off-path states.
 
-What the recipe settles (the ablation behind each choice is in the README, "MT10 recipe"):
+What the recipe settles (the ablations so far are in the README, "The MT10 recipe"):
 - proprio: the full 39-d Meta-World state (hand, gripper, object and goal positions), not only
   the hand. At 64x64 the goal of reach, push and pick-place is a one-pixel marker whose depth one
   camera cannot tell; with the hand alone those three tasks fail.
 - language: the sentence embedding of the frozen all-MiniLM-L6-v2 as one token, and FiLM of the
   same embedding into the primary camera's stem. Reach and pick-place have the same scene and
   goal; only the instruction tells them apart, and it must still do so for rewordings it never
-  saw.
+  saw. (The sentence token against every token state is not settled by the ablation so far.)
 
 Variant: comma-separated `knob=value` changes to the recipe, one per ablation, e.g.
 `metaworld_mt10.py:proprio=hand` or `metaworld_mt10.py:head=diffusion,language=all`:
