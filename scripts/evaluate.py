@@ -28,7 +28,7 @@ from absl import flags
 import cli_common  # (puts the repo root on sys.path)
 from octo_like.eval.envs.metaworld_tasks import heldout_instructions, resolve_tasks
 from octo_like.eval.policies import DEFAULT_RENDER_SIZE, RandomPolicy, ScriptedPolicy, load_checkpoint_policy, render_size_of_release
-from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_video
+from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_results, write_video
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.model.release import check_release
 from octo_like.policy.registry import read_release_config
@@ -92,17 +92,7 @@ def write_outputs(output_dir: str, settings: EvalSettings, episodes: list, resul
     for episode in episodes:
         if episode.frames is not None:
             write_video(os.path.join(output_dir, "videos", episode.task, f"episode_{episode.index}.mp4"), episode.frames)
-    lines = [
-        json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"})
-        for episode in episodes
-    ]
-    files = {
-        "episodes.jsonl": "\n".join(lines) + "\n",
-        "results.md": markdown_table(results),
-        "results.json": json.dumps(results, indent=2),
-    }
-    for name, text in files.items():  # results.json last: its presence means the rest is complete
-        write_text_atomically(os.path.join(output_dir, name), text)
+    write_results(output_dir, episodes, results)
     plot_success_rates(results, os.path.join(output_dir, "success_rates.png"), title=f"{_POLICY.value} policy")
 
 

@@ -9,13 +9,16 @@
 normal approximation); `mean_success_rate` is the unweighted mean over tasks.
 """
 
+import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from octo_like.eval.rollout import EpisodeResult
-from octo_like.utils.files import write_atomically
+from octo_like.utils.files import write_atomically, write_text_atomically
 
 Z_95 = 1.959963984540054
 
@@ -65,6 +68,15 @@ def markdown_table(results: Mapping) -> str:
         )
     lines.append(f"| **mean** | **{results['mean_success_rate']:.2f}** | | | |")
     return "\n".join(lines) + "\n"
+
+
+def write_results(output_dir: str, episodes: Sequence[EpisodeResult], results: Mapping) -> None:
+    """episodes.jsonl (one line per episode, frames left out), results.md and results.json, the
+    last written last: its presence means the rest is complete."""
+    lines = [json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"}) for episode in episodes]
+    files = {"episodes.jsonl": "\n".join(lines) + "\n", "results.md": markdown_table(results), "results.json": json.dumps(results, indent=2)}
+    for name, text in files.items():
+        write_text_atomically(os.path.join(output_dir, name), text)
 
 
 def write_video(path: str, frames: Sequence[np.ndarray], fps: int = 20) -> None:

@@ -125,10 +125,9 @@ class RolloutEvaluator:
 def run_request(request: dict) -> None:
     """The evaluation process: rolls out `request["step"]` of the run and writes its results."""
     from octo_like.eval.policies import load_checkpoint_policy, render_size_of_release
-    from octo_like.eval.report import markdown_table, summarize
+    from octo_like.eval.report import summarize, write_results
     from octo_like.eval.rollout import EvalSettings, evaluate
     from octo_like.utils import spec
-    from octo_like.utils.files import write_text_atomically
 
     run_dir, step = request["run_dir"], request["step"]
     settings = EvalSettings(tasks=request["tasks"].split(","), episodes_per_task=request["episodes"], seed=request["seed"],
@@ -137,11 +136,7 @@ def run_request(request: dict) -> None:
     episodes = evaluate(policy, settings, num_workers=request["workers"], show_progress=False)
     results = summarize(episodes)
     results["settings"] = {"checkpoint": run_dir, "step": step, **{key: request[key] for key in ("tasks", "episodes", "seed", "max_episode_steps")}}
-    output_dir = os.path.dirname(results_path(run_dir, step))
-    lines = [json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"}) for episode in episodes]
-    write_text_atomically(os.path.join(output_dir, "episodes.jsonl"), "\n".join(lines) + "\n")
-    write_text_atomically(os.path.join(output_dir, "results.md"), markdown_table(results))
-    write_text_atomically(results_path(run_dir, step), json.dumps(results, indent=2))  # last: it means done
+    write_results(os.path.dirname(results_path(run_dir, step)), episodes, results)
 
 
 def main(argv: list[str]) -> None:
