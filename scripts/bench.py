@@ -64,23 +64,28 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-import cli_common  # (puts the repo root on sys.path)
 from octo_like.eval.envs.metaworld_tasks import resolve_tasks
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 from octo_like.utils.timing import calls_per_second
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Measuring time per figure, after warm-up.")
-_TASKS = flags.DEFINE_string("tasks", "reach,drawer-open,button-press-topdown", "env: Meta-World tasks (comma-separated).")
+_TASKS = flags.DEFINE_string(
+    "tasks", "reach,drawer-open,button-press-topdown", "env: Meta-World tasks (comma-separated)."
+)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "env: rendered image height and width.")
 _INFER_HEADS = flags.DEFINE_string(
-    "heads", "l1,discrete,diffusion:ddpm:20,diffusion:ddim:5,flow:10,flow:5",
+    "heads",
+    "l1,discrete,diffusion:ddpm:20,diffusion:ddim:5,flow:10,flow:5",
     "infer: head[:sampler][:steps] entries (samplers of diffusion: ddpm, ddim).",
 )
 _FSDP_SIZES = flags.DEFINE_list("fsdp_sizes", ["1", "2", "4", "8"], "scale: fsdp axis sizes to compare.")
 _COMPUTE_DTYPES = flags.DEFINE_list("compute_dtypes", ["float32", "bfloat16"], "train: compute dtypes to compare.")
 _GEMMA_SIZE = flags.DEFINE_string("gemma_size", "tiny", "decode: Gemma size (GEMMA_SIZES), randomly initialized.")
-_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 64, "decode: prompt tokens (PaliGemma: 256 image tokens + text).")
+_PROMPT_LENGTH = flags.DEFINE_integer(
+    "prompt_length", 64, "decode: prompt tokens (PaliGemma: 256 image tokens + text)."
+)
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
 _EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "flow: Euler steps per action chunk.")
@@ -122,7 +127,9 @@ def default_render_fps(task: str, image_size: int, seconds: float) -> float:
     import metaworld
 
     benchmark = metaworld.MT1(task, seed=0)
-    env = benchmark.train_classes[task](render_mode="rgb_array", camera_name=RENDER_CAMERA, width=image_size, height=image_size)
+    env = benchmark.train_classes[task](
+        render_mode="rgb_array", camera_name=RENDER_CAMERA, width=image_size, height=image_size
+    )
     env.set_task(benchmark.train_tasks[0])
     env.reset(seed=0)
     fps = calls_per_second(env.render, seconds)
@@ -174,7 +181,9 @@ def bench_env(tasks: list[str], image_size: int, seconds: float) -> dict:
     fast = np.mean([fast_render_fps(task, image_size, seconds_per_task) for task in tasks])
     default = np.mean([default_render_fps(task, image_size, seconds_per_task) for task in tasks])
     physics = np.mean([physics_steps_per_s(task, seconds_per_task) for task in tasks])
-    episode_s, episode_steps = np.mean([scripted_episodes(task, image_size, seconds_per_task) for task in tasks], axis=0)
+    episode_s, episode_steps = np.mean(
+        [scripted_episodes(task, image_size, seconds_per_task) for task in tasks], axis=0
+    )
     return {
         "benchmark": "env",
         "tasks": tasks,
@@ -202,15 +211,24 @@ def _example_batch(config) -> dict:
 def _model(config: dict, example_batch: dict):
     import jax
 
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     statistics = {"bench": {"action": {"mean": [0.0] * example_batch["action"].shape[-1]}}}
     return PolicyModel.create(config, example_batch, statistics, jax.random.key(0))
 
 
 # Dense bf16 peak FLOP/s per chip by `device_kind` substring, the usual denominator of MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5p": 459e12,
-                   "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v4": 275e12, "TPU v6": 918e12}
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v4": 275e12,
+    "TPU v6": 918e12,
+}
 
 
 def peak_flops(device) -> float | None:
@@ -274,7 +292,9 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if {"float32", "bfloat16"} <= set(by_dtype):
-        result["bfloat16_over_float32_steps_per_s"] = by_dtype["bfloat16"]["steps_per_s"] / by_dtype["float32"]["steps_per_s"]
+        result["bfloat16_over_float32_steps_per_s"] = (
+            by_dtype["bfloat16"]["steps_per_s"] / by_dtype["float32"]["steps_per_s"]
+        )
     return result
 
 
@@ -284,7 +304,7 @@ def bench_checkpoint(config: dict, repeats: int) -> dict:
     import jax
     import orbax.checkpoint as ocp
 
-    from octo_like.model import release
+    from octo_like.policy import release
     from octo_like.train.optim import make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.utils.checksums import tree_checksums
@@ -295,7 +315,10 @@ def bench_checkpoint(config: dict, repeats: int) -> dict:
     target = release.abstract_tree(model.params)
 
     def save_plain(manager, step):
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params), state=ocp.args.StandardSave(state)))
+        manager.save(
+            step,
+            args=ocp.args.Composite(params=ocp.args.StandardSave(state.params), state=ocp.args.StandardSave(state)),
+        )
 
     def save_checked(manager, step):
         release.save(manager, step, state.params, state)
@@ -320,7 +343,10 @@ def bench_checkpoint(config: dict, repeats: int) -> dict:
 
     steps = range(1, repeats + 2)
     with tempfile.TemporaryDirectory() as plain_dir, tempfile.TemporaryDirectory() as checked_dir:
-        managers = {"plain": release.checkpoint_manager(plain_dir), "checksums": release.checkpoint_manager(checked_dir)}
+        managers = {
+            "plain": release.checkpoint_manager(plain_dir),
+            "checksums": release.checkpoint_manager(checked_dir),
+        }
         save = medians({"plain": save_plain, "checksums": save_checked}, managers)
         load = medians({"plain": load_plain, "checksums": load_checked}, managers)
     tree_checksums(state)
@@ -348,7 +374,14 @@ def bench_checkpoint(config: dict, repeats: int) -> dict:
 def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
     import jax
 
-    from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch, shard_params
+    from octo_like.train.mesh import (
+        batch_sharding,
+        check_batch_size,
+        make_mesh,
+        param_shardings,
+        shard_batch,
+        shard_params,
+    )
     from octo_like.train.optim import make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import make_train_step
@@ -363,7 +396,9 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
         check_batch_size(batch["action"].shape[0], mesh)
         state = shard_params(TrainState.create(host_params, optimizer, jax.random.key(1)), mesh)
         shardings = param_shardings(state, mesh)
-        train_step = make_train_step(model.loss, optimizer, state_shardings=shardings, batch_sharding=batch_sharding(mesh))
+        train_step = make_train_step(
+            model.loss, optimizer, state_shardings=shardings, batch_sharding=batch_sharding(mesh)
+        )
         per_device_bytes = sum(
             int(np.prod(sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
             for leaf, sharding in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings))
@@ -377,10 +412,17 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
 
         with jax.set_mesh(mesh):  # as in training: the model's activation constraints apply
             steps_per_s = calls_per_second(step, seconds, warmup=2)
-        results.append({"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes, "steps_per_s": steps_per_s})
+        results.append(
+            {"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes, "steps_per_s": steps_per_s}
+        )
     for result in results:
         result["bytes_over_fsdp1"] = result["per_device_state_bytes"] / results[0]["per_device_state_bytes"]
-    return {"benchmark": "scale", "devices": len(jax.devices()), "batch_size": int(batch["action"].shape[0]), "results": results}
+    return {
+        "benchmark": "scale",
+        "devices": len(jax.devices()),
+        "batch_size": int(batch["action"].shape[0]),
+        "results": results,
+    }
 
 
 def _latency_ms(call, seconds: float) -> dict:
@@ -396,7 +438,11 @@ def _latency_ms(call, seconds: float) -> dict:
 
     calls_per_second(timed, seconds, warmup=1)
     latencies_ms = 1000 * np.asarray(latencies[1:])
-    return {"p50_ms": float(np.percentile(latencies_ms, 50)), "p95_ms": float(np.percentile(latencies_ms, 95)), "calls": len(latencies_ms)}
+    return {
+        "p50_ms": float(np.percentile(latencies_ms, 50)),
+        "p95_ms": float(np.percentile(latencies_ms, 95)),
+        "calls": len(latencies_ms),
+    }
 
 
 def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
@@ -413,17 +459,30 @@ def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
     sampling = {"num_steps": euler_steps} if kind == "flow" else {}
     results = {}
     for use_cache in (True, False):
-        latency = _latency_ms(lambda: model.sample_actions(observation, task, rng=jax.random.key(0), use_cache=use_cache, **sampling), seconds)
+        latency = _latency_ms(
+            lambda: model.sample_actions(observation, task, rng=jax.random.key(0), use_cache=use_cache, **sampling),
+            seconds,
+        )
         if kind != "flow":
             latency["action_tokens_per_s"] = model.module.num_action_tokens / (latency["p50_ms"] / 1000)
         results["with_cache" if use_cache else "without_cache"] = latency
     backbone = vla["backbone"]["config"]
-    return {"benchmark": "infer", "device": str(jax.devices()[0]), "batch_size": 1, "action": kind,
-            "backbone": {"size": vla["backbone"].get("size"), "checkpoint": vla["backbone"].get("checkpoint"),
-                         "image_size": backbone["vision"]["image_size"], "text_width": backbone["text"]["hidden_size"],
-                         "text_layers": backbone["text"]["num_layers"]},
-            **({"euler_steps": euler_steps} if kind == "flow" else {"action_tokens": model.module.num_action_tokens}),
-            **results, "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"]}
+    return {
+        "benchmark": "infer",
+        "device": str(jax.devices()[0]),
+        "batch_size": 1,
+        "action": kind,
+        "backbone": {
+            "size": vla["backbone"].get("size"),
+            "checkpoint": vla["backbone"].get("checkpoint"),
+            "image_size": backbone["vision"]["image_size"],
+            "text_width": backbone["text"]["hidden_size"],
+            "text_layers": backbone["text"]["num_layers"],
+        },
+        **({"euler_steps": euler_steps} if kind == "flow" else {"action_tokens": model.module.num_action_tokens}),
+        **results,
+        "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"],
+    }
 
 
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
@@ -444,18 +503,34 @@ def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
                 sampling["num_inference_steps"] = int(options[1])
         elif name == "flow" and options:
             sampling["num_inference_steps"] = int(options[0])
-        model_config = {**config["model"], "heads": {"action": head_spec(name, action_horizon=horizon, action_dim=action_dim)}}
+        model_config = {
+            **config["model"],
+            "heads": {"action": head_spec(name, action_horizon=horizon, action_dim=action_dim)},
+        }
         model = _model({**config, "model": model_config}, batch)
         task = model.create_tasks(texts=["open the drawer"])
-        latency = _latency_ms(lambda: model.sample_actions(observation, task, rng=jax.random.key(0), **sampling), seconds)
+        latency = _latency_ms(
+            lambda: model.sample_actions(observation, task, rng=jax.random.key(0), **sampling), seconds
+        )
         results.append({"head": entry, **latency})
-    result = {"benchmark": "infer", "device": str(jax.devices()[0]), "transformer": config["model"]["transformer"],
-              "batch_size": 1, "results": results}
+    result = {
+        "benchmark": "infer",
+        "device": str(jax.devices()[0]),
+        "transformer": config["model"]["transformer"],
+        "batch_size": 1,
+        "results": results,
+    }
     clip = model.config["model"].get("clip")
     if clip is not None:
         vision = clip["config"]["vision"]
-        result["clip"] = {"size": clip.get("size"), "checkpoint": clip.get("checkpoint"), "image_size": vision["image_size"],
-                          "patch_size": vision["patch_size"], "vision_layers": vision["num_layers"], "vision_width": vision["hidden_size"]}
+        result["clip"] = {
+            "size": clip.get("size"),
+            "checkpoint": clip.get("checkpoint"),
+            "image_size": vision["image_size"],
+            "patch_size": vision["patch_size"],
+            "vision_layers": vision["num_layers"],
+            "vision_width": vision["hidden_size"],
+        }
     return result
 
 
@@ -466,7 +541,10 @@ def bench_decode(size: str, prompt_length: int, new_tokens: int, dtype_name: str
     from octo_like.model.language.gemma import GEMMA_SIZES, GemmaForCausalLM
 
     if size not in GEMMA_SIZES or dtype_name not in ("float32", "bfloat16"):
-        raise InputError(f"--gemma_size={size} --dtype={dtype_name}; expected one of {', '.join(GEMMA_SIZES)} and float32 or bfloat16")
+        raise InputError(
+            f"--gemma_size={size} --dtype={dtype_name}; expected one of {', '.join(GEMMA_SIZES)} and float32 or "
+            "bfloat16"
+        )
     if prompt_length < 1 or new_tokens < 1:
         raise InputError(f"--prompt_length={prompt_length} --new_tokens={new_tokens}; expected positive numbers")
     config = GEMMA_SIZES[size]
@@ -477,14 +555,27 @@ def bench_decode(size: str, prompt_length: int, new_tokens: int, dtype_name: str
     params = jax.tree_util.tree_map(lambda x: x.astype(jnp.dtype(dtype_name)), params)
     results = {}
     for use_cache in (True, False):
-        decode = jax.jit(lambda params: module.apply({"params": params}, ids, mask, new_tokens, use_cache,
-                                                     method=GemmaForCausalLM.greedy_decode))
+        decode = jax.jit(
+            lambda params: module.apply(
+                {"params": params}, ids, mask, new_tokens, use_cache, method=GemmaForCausalLM.greedy_decode
+            )
+        )
         calls = calls_per_second(lambda: jax.block_until_ready(decode(params)), seconds, warmup=1)
-        results["with_cache" if use_cache else "without_cache"] = {"calls_per_s": calls, "tokens_per_s": calls * new_tokens}
-    return {"benchmark": "decode", "device": str(jax.devices()[0]), "gemma_size": size, "dtype": dtype_name,
-            "parameters": sum(x.size for x in jax.tree_util.tree_leaves(params)), "prompt_length": prompt_length,
-            "new_tokens": new_tokens, **results,
-            "cache_speedup": results["with_cache"]["tokens_per_s"] / results["without_cache"]["tokens_per_s"]}
+        results["with_cache" if use_cache else "without_cache"] = {
+            "calls_per_s": calls,
+            "tokens_per_s": calls * new_tokens,
+        }
+    return {
+        "benchmark": "decode",
+        "device": str(jax.devices()[0]),
+        "gemma_size": size,
+        "dtype": dtype_name,
+        "parameters": sum(x.size for x in jax.tree_util.tree_leaves(params)),
+        "prompt_length": prompt_length,
+        "new_tokens": new_tokens,
+        **results,
+        "cache_speedup": results["with_cache"]["tokens_per_s"] / results["without_cache"]["tokens_per_s"],
+    }
 
 
 def bench_flow(size: str, prompt_length: int, euler_steps: int, dtype_name: str, seconds: float) -> dict:
@@ -500,14 +591,29 @@ def bench_flow(size: str, prompt_length: int, euler_steps: int, dtype_name: str,
     from octo_like.model.vision.siglip import SIGLIP_SIZES
 
     if size not in GEMMA_SIZES or dtype_name not in ("float32", "bfloat16") or euler_steps < 1:
-        raise InputError(f"--gemma_size={size} --dtype={dtype_name} --euler_steps={euler_steps}; expected one of "
-                         f"{', '.join(GEMMA_SIZES)}, float32 or bfloat16, and a positive step count")
+        raise InputError(
+            f"--gemma_size={size} --dtype={dtype_name} --euler_steps={euler_steps}; expected one of "
+            f"{', '.join(GEMMA_SIZES)}, float32 or bfloat16, and a positive step count"
+        )
     text = GEMMA_SIZES[size]
     # 2B: pi0's So400m/14 tower at 224 and a width-1024 expert; tiny: a 64x64 tower and a width-128 expert.
-    vision = SIGLIP_SIZES["So400m/14"] if size == "2B" else dataclasses.replace(
-        SIGLIP_SIZES["B/16"], hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, image_size=64, patch_size=16)
+    vision = (
+        SIGLIP_SIZES["So400m/14"]
+        if size == "2B"
+        else dataclasses.replace(
+            SIGLIP_SIZES["B/16"],
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=256,
+            image_size=64,
+            patch_size=16,
+        )
+    )
     vision = dataclasses.replace(vision, use_head=False)
-    expert = dataclasses.replace(text, hidden_size=1024 if size == "2B" else 128, intermediate_size=4096 if size == "2B" else 512)
+    expert = dataclasses.replace(
+        text, hidden_size=1024 if size == "2B" else 128, intermediate_size=4096 if size == "2B" else 512
+    )
     config = PaliGemmaConfig(vision, text, image_token_id=text.vocab_size - 1)
     horizon, action_dim = 50, 32  # pi0's chunk and padded action dimension
     model = Pi0(config, expert, action_dim, horizon)
@@ -516,16 +622,37 @@ def bench_flow(size: str, prompt_length: int, euler_steps: int, dtype_name: str,
     mask = jnp.ones_like(ids)
     pixels = jnp.zeros((1, vision.image_size, vision.image_size, 3))
     proprio = jnp.zeros((1, action_dim))
-    params = jax.jit(model.init)(jax.random.key(1), pixels, ids, mask, proprio, jnp.zeros((1, horizon, action_dim)), jnp.ones(1))["params"]
+    params = jax.jit(model.init)(
+        jax.random.key(1), pixels, ids, mask, proprio, jnp.zeros((1, horizon, action_dim)), jnp.ones(1)
+    )["params"]
     params = jax.tree_util.tree_map(lambda x: x.astype(jnp.dtype(dtype_name)), params)
     results = {}
     for use_cache in (True, False):
-        sample = jax.jit(lambda params: model.apply({"params": params}, pixels, ids, mask, proprio, jax.random.key(2),
-                                                    euler_steps, use_cache, method=Pi0.sample))
+        sample = jax.jit(
+            lambda params: model.apply(
+                {"params": params},
+                pixels,
+                ids,
+                mask,
+                proprio,
+                jax.random.key(2),
+                euler_steps,
+                use_cache,
+                method=Pi0.sample,
+            )
+        )
         results["with_cache" if use_cache else "without_cache"] = _latency_ms(lambda: sample(params), seconds)
-    return {"benchmark": "flow", "device": str(jax.devices()[0]), "gemma_size": size, "dtype": dtype_name,
-            "prefix_tokens": int(ids.shape[1]), "euler_steps": euler_steps, "horizon": horizon, **results,
-            "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"]}
+    return {
+        "benchmark": "flow",
+        "device": str(jax.devices()[0]),
+        "gemma_size": size,
+        "dtype": dtype_name,
+        "prefix_tokens": int(ids.shape[1]),
+        "euler_steps": euler_steps,
+        "horizon": horizon,
+        **results,
+        "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"],
+    }
 
 
 def main(argv):
@@ -563,4 +690,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)

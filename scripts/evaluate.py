@@ -25,34 +25,56 @@ import os
 
 from absl import flags
 
-import cli_common  # (puts the repo root on sys.path)
 from octo_like.eval.envs.metaworld_tasks import heldout_instructions, resolve_tasks
-from octo_like.eval.policies import DEFAULT_RENDER_SIZE, RandomPolicy, ScriptedPolicy, load_checkpoint_policy, render_size_of_release
+from octo_like.eval.policies import (
+    DEFAULT_RENDER_SIZE,
+    RandomPolicy,
+    ScriptedPolicy,
+    load_checkpoint_policy,
+    render_size_of_release,
+)
 from octo_like.eval.report import markdown_table, plot_success_rates, summarize, write_results, write_video
 from octo_like.eval.rollout import EvalSettings, evaluate
-from octo_like.model.release import check_release
 from octo_like.policy.registry import read_release_config
+from octo_like.policy.release import check_release
 from octo_like.utils import spec
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically
 
 _POLICY = flags.DEFINE_enum("policy", "scripted", ["scripted", "random", "checkpoint"], "Which policy to run.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory of a trained policy (--policy=checkpoint).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_DATASET_NAME = flags.DEFINE_string("dataset_name", None, "Whose action statistics to use, for multi-dataset checkpoints.")
-_TASKS = flags.DEFINE_string("tasks", "mt10", "Comma-separated task names or sets (mt10, mt50, mt50_train, mt50_heldout).")
+_DATASET_NAME = flags.DEFINE_string(
+    "dataset_name", None, "Whose action statistics to use, for multi-dataset checkpoints."
+)
+_TASKS = flags.DEFINE_string(
+    "tasks", "mt10", "Comma-separated task names or sets (mt10, mt50, mt50_train, mt50_heldout)."
+)
 _EPISODES = flags.DEFINE_integer("episodes", 20, "Episodes per task.")
 _SEED = flags.DEFINE_integer("seed", 0, "Evaluation seed: fixes every episode's start, instruction and policy noise.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results, videos and the chart go.")
-_INSTRUCTIONS = flags.DEFINE_string("instructions", None, "JSON file {task: [instruction, ...]} given to the policy, or 'heldout'.")
+_INSTRUCTIONS = flags.DEFINE_string(
+    "instructions", None, "JSON file {task: [instruction, ...]} given to the policy, or 'heldout'."
+)
 _VIDEOS = flags.DEFINE_integer("videos_per_task", 0, "Episodes per task saved as mp4.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Parallel episode processes (default: one per CPU).")
 _MAX_STEPS = flags.DEFINE_integer("max_episode_steps", 500, "Steps after which an episode counts as failed.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Rendered image size, resized to the policy's inputs (default: a checkpoint's largest training size, else 128).")
-_EXEC_HORIZON = flags.DEFINE_integer("exec_horizon", None, "Actions run per predicted chunk (default: the whole chunk).")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Rendered image size, resized to the policy's inputs (default: a checkpoint's largest training size, else 128).",
+)
+_EXEC_HORIZON = flags.DEFINE_integer(
+    "exec_horizon", None, "Actions run per predicted chunk (default: the whole chunk)."
+)
 _TEMPORAL_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", False, "Predict every step and average overlapping chunks.")
-_EXP_WEIGHT = flags.DEFINE_float("exp_weight", 0.0, "Temporal ensemble weight decay (positive favours older predictions).")
-_WRITE_HELDOUT = flags.DEFINE_string("write_heldout_instructions", None, "Write the held-out paraphrases of --tasks to this JSON file and exit.")
+_EXP_WEIGHT = flags.DEFINE_float(
+    "exp_weight", 0.0, "Temporal ensemble weight decay (positive favours older predictions)."
+)
+_WRITE_HELDOUT = flags.DEFINE_string(
+    "write_heldout_instructions", None, "Write the held-out paraphrases of --tasks to this JSON file and exit."
+)
 
 
 def read_instructions(path: str, tasks: list[str]) -> dict[str, list[str]]:
@@ -64,7 +86,9 @@ def read_instructions(path: str, tasks: list[str]) -> dict[str, list[str]]:
         with open(path) as file:
             data = json.load(file)
     except json.JSONDecodeError as error:
-        raise InputError(f"--instructions file '{path}' is not valid JSON ({error}); expected {{task: [instruction, ...]}}") from error
+        raise InputError(
+            f"--instructions file '{path}' is not valid JSON ({error}); expected {{task: [instruction, ...]}}"
+        ) from error
     if not isinstance(data, dict) or not all(
         isinstance(texts, list) and all(isinstance(text, str) for text in texts) for texts in data.values()
     ):
@@ -80,7 +104,9 @@ def policy_spec() -> dict:
         # names what a release may not, fails at once.
         check_release(_CHECKPOINT.value, _STEP.value)
         read_release_config(_CHECKPOINT.value)
-        return spec.create(load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value)
+        return spec.create(
+            load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value
+        )
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
 
 
@@ -91,7 +117,9 @@ def default_image_size() -> int:
 def write_outputs(output_dir: str, settings: EvalSettings, episodes: list, results: dict) -> None:
     for episode in episodes:
         if episode.frames is not None:
-            write_video(os.path.join(output_dir, "videos", episode.task, f"episode_{episode.index}.mp4"), episode.frames)
+            write_video(
+                os.path.join(output_dir, "videos", episode.task, f"episode_{episode.index}.mp4"), episode.frames
+            )
     write_results(output_dir, episodes, results)
     plot_success_rates(results, os.path.join(output_dir, "success_rates.png"), title=f"{_POLICY.value} policy")
 
@@ -108,16 +136,25 @@ def main(argv):
         raise InputError("--output_dir is required")
     policy = policy_spec()
     settings = EvalSettings(
-        tasks=tasks, episodes_per_task=_EPISODES.value, seed=_SEED.value, max_episode_steps=_MAX_STEPS.value,
-        image_size=_IMAGE_SIZE.value or default_image_size(), exec_horizon=_EXEC_HORIZON.value,
-        temporal_ensemble=_TEMPORAL_ENSEMBLE.value, exp_weight=_EXP_WEIGHT.value, videos_per_task=_VIDEOS.value,
+        tasks=tasks,
+        episodes_per_task=_EPISODES.value,
+        seed=_SEED.value,
+        max_episode_steps=_MAX_STEPS.value,
+        image_size=_IMAGE_SIZE.value or default_image_size(),
+        exec_horizon=_EXEC_HORIZON.value,
+        temporal_ensemble=_TEMPORAL_ENSEMBLE.value,
+        exp_weight=_EXP_WEIGHT.value,
+        videos_per_task=_VIDEOS.value,
         instructions=read_instructions(_INSTRUCTIONS.value, tasks) if _INSTRUCTIONS.value else None,
     )
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     episodes = evaluate(policy, settings, num_workers=_WORKERS.value)
     results = summarize(episodes)
     results["settings"] = {
-        "policy": _POLICY.value, "checkpoint": _CHECKPOINT.value, "step": _STEP.value, "instructions": _INSTRUCTIONS.value,
+        "policy": _POLICY.value,
+        "checkpoint": _CHECKPOINT.value,
+        "step": _STEP.value,
+        "instructions": _INSTRUCTIONS.value,
         **{key: value for key, value in dataclasses.asdict(settings).items() if key != "instructions"},
     }
     write_outputs(_OUTPUT_DIR.value, settings, episodes, results)
@@ -126,4 +163,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)

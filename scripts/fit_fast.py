@@ -1,7 +1,8 @@
 """Fits a FAST action tokenizer (DCT + BPE) on the action chunks of a config's dataset.
 
     python scripts/fit_fast.py --config experiments/configs/metaworld_scratch.py:diffusion \
-        --config.dataset.mixture=metaworld/quickstart --output_dir=runs/fast_metaworld [--vocab_size=1024 --scale=10 --max_chunks=20000]
+        --config.dataset.mixture=metaworld/quickstart --output_dir=runs/fast_metaworld \
+        [--vocab_size=1024 --scale=10 --max_chunks=20000]
 
 Reads training batches (normalized actions, the last timestep's chunk of every window; padding
 past an episode's end is the pipeline's own) until --max_chunks chunks, trains the BPE on their
@@ -17,9 +18,9 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-import cli_common  # (puts the repo root on sys.path)
 from octo_like.data.mixtures import make_named_mixture
 from octo_like.model.action_tokens import fit_fast
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
@@ -50,13 +51,23 @@ def main(argv):
     tokenizer.save(_OUTPUT_DIR.value)
     lengths = [len(tokenizer.encode(chunk)) for chunk in chunks_NHA[:1000]]
     errors = [np.abs(tokenizer.decode(tokenizer.encode(chunk))[0] - chunk).max() for chunk in chunks_NHA[:1000]]
-    print(json.dumps({
-        "output_dir": _OUTPUT_DIR.value, "chunks": len(chunks_NHA), "horizon": tokenizer.horizon,
-        "action_dim": tokenizer.action_dim, "vocab_size": tokenizer.vocab_size,
-        "tokens_per_chunk_mean": float(np.mean(lengths)), "tokens_per_chunk_max": int(np.max(lengths)),
-        "coefficients_per_chunk": tokenizer.horizon * tokenizer.action_dim, "max_abs_round_trip_error": float(np.max(errors)),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "output_dir": _OUTPUT_DIR.value,
+                "chunks": len(chunks_NHA),
+                "horizon": tokenizer.horizon,
+                "action_dim": tokenizer.action_dim,
+                "vocab_size": tokenizer.vocab_size,
+                "tokens_per_chunk_mean": float(np.mean(lengths)),
+                "tokens_per_chunk_max": int(np.max(lengths)),
+                "coefficients_per_chunk": tokenizer.horizon * tokenizer.action_dim,
+                "max_abs_round_trip_error": float(np.max(errors)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)

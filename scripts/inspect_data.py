@@ -13,9 +13,9 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-import cli_common  # (puts the repo root on sys.path)
 from octo_like.data.mixtures import make_named_mixture
 from octo_like.data.throughput import data_throughput
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
@@ -37,7 +37,8 @@ def describe_statistics(name: str, statistics: dict) -> str:
     for key in ("action", "proprio"):
         stats = {name: np.asarray(value, np.float64) for name, value in statistics[key].items()}
         lines.append(
-            f"  {key} ({len(stats['mean'])}-d): mean {np.round(stats['mean'], 3).tolist()} std {np.round(stats['std'], 3).tolist()}"
+            f"  {key} ({len(stats['mean'])}-d): mean {np.round(stats['mean'], 3).tolist()} std "
+            f"{np.round(stats['std'], 3).tolist()}"
         )
     return "\n".join(lines)
 
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)

@@ -7,13 +7,13 @@ Writes the run directory (the release format that `PolicyModel.load_pretrained`,
 `scripts/evaluate.py --policy=checkpoint` read): config.json, dataset_statistics.json,
 example_batch.msgpack, orbax steps <step>/{params,state}, metrics.jsonl (train and val metrics per
 logged step), tensorboard/ and loss.png. Training resumes from the latest step of an existing
-run directory with the same config.
+run directory with the same config. From Python: `octo_like.train.loop.run_training(config)`.
 """
 
 from ml_collections import config_flags
 
-import cli_common  # (puts the repo root on sys.path)
-from training_loop import run_training
+from octo_like.train.loop import run_training
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
@@ -28,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)

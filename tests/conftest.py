@@ -24,8 +24,16 @@ import octo_like  # noqa: E402,F401  (quiet, deterministic TensorFlow settings)
 # The files of long end-to-end runs (train.py, evaluate.py and bench.py subprocesses) go first:
 # scripts/test.sh hands whole files to two workers in collection order, and a long file started
 # last would run alone at the end.
-LONG_FILES = ("test_train_scripts.py", "test_vla.py", "test_distributed.py", "test_bench_model.py", "test_run_guards.py",
-              "test_release_registry.py", "test_notebooks.py", "test_rollout_eval.py")
+LONG_FILES = (
+    "test_train_scripts.py",
+    "test_vla.py",
+    "test_distributed.py",
+    "test_bench_model.py",
+    "test_run_guards.py",
+    "test_release_registry.py",
+    "test_notebooks.py",
+    "test_rollout_eval.py",
+)
 
 
 def pytest_collection_modifyitems(items):

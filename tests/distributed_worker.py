@@ -23,7 +23,9 @@ def global_batch(step: int) -> dict:
     from test_policy import example_batch  # this script's folder (tests/) is on sys.path
 
     parts = [example_batch(seed=100 * step + index) for index in range(GLOBAL_BATCH // 2)]
-    return {key: _concatenate([part[key] for part in parts]) for key in ("observation", "task", "action", "action_pad_mask")}
+    return {
+        key: _concatenate([part[key] for part in parts]) for key in ("observation", "task", "action", "action_pad_mask")
+    }
 
 
 def _concatenate(values):
@@ -36,18 +38,20 @@ def main(out_dir: str, process_id: int, num_processes: int, port: int) -> None:
     from octo_like.train import distributed
 
     if num_processes > 1:
-        distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+        distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
+        )
 
     import jax
     import optax
     from jax.experimental import multihost_utils
+    from test_policy import STATISTICS, small_config
 
-    from octo_like.model import release
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy import release
+    from octo_like.policy.model import PolicyModel
     from octo_like.train.mesh import batch_sharding, make_mesh, shard_batch, shard_params
     from octo_like.train.state import TrainState
     from octo_like.train.step import make_train_step
-    from test_policy import STATISTICS, small_config
 
     assert jax.process_count() == num_processes and jax.device_count() == 4, (jax.process_count(), jax.devices())
     config = small_config()
@@ -59,9 +63,13 @@ def main(out_dir: str, process_id: int, num_processes: int, port: int) -> None:
     optimizer = optax.sgd(0.05)
     # A low FSDP threshold so that the small model's kernels are really split over fsdp.
     state = shard_params(TrainState.create(model.params, optimizer, jax.random.key(1)), mesh, fsdp_min_size=256)
-    train_step = make_train_step(model.loss, optimizer, donate=False,
-                                 state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
-                                 batch_sharding=batch_sharding(mesh))
+    train_step = make_train_step(
+        model.loss,
+        optimizer,
+        donate=False,
+        state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),
+        batch_sharding=batch_sharding(mesh),
+    )
     local_rows = slice(process_id * GLOBAL_BATCH // num_processes, (process_id + 1) * GLOBAL_BATCH // num_processes)
     losses = []
     with jax.set_mesh(mesh):
@@ -76,9 +84,16 @@ def main(out_dir: str, process_id: int, num_processes: int, port: int) -> None:
     params = multihost_utils.process_allgather(state.params, tiled=True)
     kernel = state.params["block_transformer"]["block_0"]["mlp_hidden"]["kernel"]
     if process_id == 0:
-        flat = {jax.tree_util.keystr(path, simple=True, separator="."): np.asarray(value) for path, value in jax.tree_util.tree_leaves_with_path(params)}
-        np.savez(os.path.join(out_dir, "result.npz"), losses=np.asarray(losses),
-                 kernel_shard_shape=np.asarray(kernel.addressable_shards[0].data.shape), **flat)
+        flat = {
+            jax.tree_util.keystr(path, simple=True, separator="."): np.asarray(value)
+            for path, value in jax.tree_util.tree_leaves_with_path(params)
+        }
+        np.savez(
+            os.path.join(out_dir, "result.npz"),
+            losses=np.asarray(losses),
+            kernel_shard_shape=np.asarray(kernel.addressable_shards[0].data.shape),
+            **flat,
+        )
 
 
 if __name__ == "__main__":

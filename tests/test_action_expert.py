@@ -24,7 +24,11 @@ def setup():
     # A narrower expert with the VLM's attention geometry (4 heads, 1 key/value head, head size 8).
     expert = dataclasses.replace(paligemma.config.text, hidden_size=16, intermediate_size=32)
     model = Pi0(paligemma.config, expert, action_dim=A, horizon=H)
-    inputs = (jnp.asarray(reference["pixels"]), jnp.asarray(reference["input_ids"]), jnp.asarray(reference["attention_mask"]))
+    inputs = (
+        jnp.asarray(reference["pixels"]),
+        jnp.asarray(reference["input_ids"]),
+        jnp.asarray(reference["attention_mask"]),
+    )
     proprio = jax.random.normal(jax.random.key(1), (2, D))
     params = model.init(jax.random.key(0), *inputs, proprio, jnp.zeros((2, H, A)), jnp.ones(2))["params"]
     params = {**params, "paligemma": paligemma.params}  # the VLM from the checkpoint
@@ -35,13 +39,17 @@ def test_suffix_mask_blocks():
     mask = np.asarray(suffix_mask(jnp.array([[True, True, False]]), jnp.ones((1, 3, 3), bool), horizon=2))[0]
     assert not mask[:3, 3:].any()  # the prefix never sees the suffix
     assert mask[3].tolist() == [True, True, False, True, False, False]  # proprio: valid prefix and itself
-    assert mask[4].tolist() == mask[5].tolist() == [True, True, False, True, True, True]  # actions: prefix, proprio, actions
+    assert (
+        mask[4].tolist() == mask[5].tolist() == [True, True, False, True, True, True]
+    )  # actions: prefix, proprio, actions
 
 
 def test_cached_sampling_equals_rerunning_the_prefix_every_step(setup):
     model, params, inputs, proprio = setup
-    sample = lambda use_cache: model.apply({"params": params}, *inputs, proprio, jax.random.key(3), 5, use_cache,
-                                           method=Pi0.sample)
+
+    def sample(use_cache):
+        return model.apply({"params": params}, *inputs, proprio, jax.random.key(3), 5, use_cache, method=Pi0.sample)
+
     cached, rerun = sample(True), sample(False)
     assert cached.shape == (2, H, A)
     np.testing.assert_allclose(cached, rerun, atol=1e-5)
@@ -71,7 +79,11 @@ def test_flow_loss_falls_when_training_the_expert(setup):
     # for these fixed actions, so the loss keeps falling.
     assert np.mean(losses[-20:]) < 0.4 * np.mean(losses[:20])
     times = sample_flow_time(jax.random.key(0), 10000)
-    assert 0.001 <= float(times.min()) and float(times.max()) <= 1.0 and abs(float(times.mean()) - (0.6 * 0.999 + 0.001)) < 0.01
+    assert (
+        0.001 <= float(times.min())
+        and float(times.max()) <= 1.0
+        and abs(float(times.mean()) - (0.6 * 0.999 + 0.001)) < 0.01
+    )
 
 
 def test_an_expert_with_another_attention_geometry_fails_in_one_line(setup):
@@ -92,8 +104,12 @@ def test_adaptive_rms_blocks_start_as_the_identity_and_depend_on_the_time_once_t
     attended_BSNH = jax.random.normal(jax.random.key(2), (2, 3, 2, 8))
 
     def forward(params, cond_BE):
-        query, _, _ = layer.apply({"params": params}, x_BSE, positions_BS, cond_BE, method=AdaptiveGemmaDecoderLayer.qkv)
-        return query, layer.apply({"params": params}, x_BSE, attended_BSNH, cond_BE, method=AdaptiveGemmaDecoderLayer.after_attention)
+        query, _, _ = layer.apply(
+            {"params": params}, x_BSE, positions_BS, cond_BE, method=AdaptiveGemmaDecoderLayer.qkv
+        )
+        return query, layer.apply(
+            {"params": params}, x_BSE, attended_BSNH, cond_BE, method=AdaptiveGemmaDecoderLayer.after_attention
+        )
 
     def both(module, cond_BE):  # touches every parameter
         return module.qkv(x_BSE, positions_BS, cond_BE), module.after_attention(x_BSE, attended_BSNH, cond_BE)

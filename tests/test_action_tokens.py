@@ -17,7 +17,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def smooth_chunks(n=400, horizon=8, dims=3, seed=0):
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, horizon)[None, :, None]
-    return np.sin(2 * np.pi * (t * rng.uniform(0.2, 1, (n, 1, dims)) + rng.uniform(0, 1, (n, 1, dims)))) * rng.uniform(0.2, 1, (n, 1, dims))
+    return np.sin(2 * np.pi * (t * rng.uniform(0.2, 1, (n, 1, dims)) + rng.uniform(0, 1, (n, 1, dims)))) * rng.uniform(
+        0.2, 1, (n, 1, dims)
+    )
 
 
 def test_bins_are_the_last_ids_and_round_trip_within_half_a_bin():
@@ -76,12 +78,24 @@ def test_fast_saves_and_loads_and_rejects_bad_inputs(tmp_path):
 
 def test_fit_script_writes_a_tokenizer_that_encodes_the_dataset(synthetic_data_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "scripts/fit_fast.py", "--config=experiments/configs/synthetic.py:default",
-         f"--config.dataset.data_dir={synthetic_data_dir}", f"--output_dir={tmp_path}", "--max_chunks=200"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/fit_fast.py",
+            "--config=experiments/configs/synthetic.py:default",
+            f"--config.dataset.data_dir={synthetic_data_dir}",
+            f"--output_dir={tmp_path}",
+            "--max_chunks=200",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     tokenizer = FASTTokenizer.load(str(tmp_path))
-    assert report["chunks"] == 200 and (tokenizer.horizon, tokenizer.action_dim) == (report["horizon"], report["action_dim"])
+    assert report["chunks"] == 200 and (tokenizer.horizon, tokenizer.action_dim) == (
+        report["horizon"],
+        report["action_dim"],
+    )
     assert 0 < report["tokens_per_chunk_mean"] <= report["coefficients_per_chunk"]

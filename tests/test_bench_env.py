@@ -1,4 +1,5 @@
-"""`scripts/bench.py env`: Meta-World rendering, physics and episode speed as JSON (figures checked for shape, never for speed)."""
+"""`scripts/bench.py env`: Meta-World rendering, physics and episode speed as JSON (figures checked for shape,
+never for speed)."""
 
 import json
 import os

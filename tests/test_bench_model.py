@@ -1,4 +1,5 @@
-"""scripts/bench.py train, infer, checkpoint and scale end to end on the synthetic data (JSON shape, no speed asserted)."""
+"""scripts/bench.py train, infer, checkpoint and scale end to end on the synthetic data (JSON shape, no speed
+asserted)."""
 
 import json
 import os
@@ -9,15 +10,24 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench(*args):
-    result = subprocess.run([sys.executable, "scripts/bench.py", *args, "--seconds=0.3"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", *args, "--seconds=0.3"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
 def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_dir):
-    common = ["--config=experiments/configs/octo_scratch.py:tiny", f"--config.dataset.data_dir={synthetic_data_dir}",
-              "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20"]
+    common = [
+        "--config=experiments/configs/octo_scratch.py:tiny",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        "--config.dataset.batch_size=8",
+        "--config.dataset.shuffle_buffer_size=20",
+    ]
     train = bench("train", *common)
     assert train["batch_size"] == 8 and train["params"] > train["trained_params"] > 0
     assert set(train["compute_dtypes"]) == {"float32", "bfloat16"} and train["peak_host_memory_mb"] > 0
@@ -25,7 +35,8 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
         assert figures["steps_per_s"] > 0 and figures["examples_per_s"] == figures["steps_per_s"] * 8
         assert figures["flops_per_step"] > 0 and figures["mfu"] is None  # no known peak for a CPU
     assert train["bfloat16_over_float32_steps_per_s"] == (
-        train["compute_dtypes"]["bfloat16"]["steps_per_s"] / train["compute_dtypes"]["float32"]["steps_per_s"])
+        train["compute_dtypes"]["bfloat16"]["steps_per_s"] / train["compute_dtypes"]["float32"]["steps_per_s"]
+    )
 
     infer = bench("infer", *common, "--heads=l1,flow:2")
     assert [r["head"] for r in infer["results"]] == ["l1", "flow:2"]
@@ -47,14 +58,25 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
 def test_infer_benchmark_names_the_clip_of_a_text_aware_policy(synthetic_data_dir):
     clip_dir = os.path.join(REPO_ROOT, "tests", "fixtures", "clip_tiny")
     infer = bench(
-        "infer", "--config=experiments/configs/otter_metaworld.py:text_aware", "--heads=l1",
-        f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.mixture=synthetic",
-        "--config.dataset.batch_size=2", "--config.dataset.shuffle_buffer_size=4", f"--config.clip_checkpoint={clip_dir}",
+        "infer",
+        "--config=experiments/configs/otter_metaworld.py:text_aware",
+        "--heads=l1",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        "--config.dataset.mixture=synthetic",
+        "--config.dataset.batch_size=2",
+        "--config.dataset.shuffle_buffer_size=4",
+        f"--config.clip_checkpoint={clip_dir}",
         "--config.dataset.frame_transform_kwargs.resize_size.primary=(32,32)",
         "--config.dataset.frame_transform_kwargs.resize_size.wrist=(32,32)",
     )
-    assert infer["clip"] == {"size": "tiny", "checkpoint": clip_dir, "image_size": 32, "patch_size": 8,
-                             "vision_layers": 2, "vision_width": 48}
+    assert infer["clip"] == {
+        "size": "tiny",
+        "checkpoint": clip_dir,
+        "image_size": 32,
+        "patch_size": 8,
+        "vision_layers": 2,
+        "vision_width": 48,
+    }
     assert infer["results"][0]["head"] == "l1" and infer["results"][0]["p50_ms"] > 0
 
 
@@ -75,13 +97,22 @@ def test_flow_benchmark_compares_the_prefix_cache_with_rerunning():
 
 
 def test_infer_benchmark_of_a_vla_config_compares_decoding_with_and_without_the_kv_cache(synthetic_data_dir):
-    infer = bench("infer", "--config=experiments/configs/vla_tokens.py:bins", f"--config.dataset.data_dir={synthetic_data_dir}",
-                  "--config.dataset.mixture=synthetic", "--config.model.vla.action.action_dim=7",
-                  # One-step chunks: 7 tokens, so that the uncached decoder (unrolled per token) compiles fast.
-                  "--config.dataset.traj_transform_kwargs.action_horizon=1", "--config.model.vla.action.horizon=1",
-                  "--config.dataset.batch_size=2", "--config.dataset.shuffle_buffer_size=4")
+    infer = bench(
+        "infer",
+        "--config=experiments/configs/vla_tokens.py:bins",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        "--config.dataset.mixture=synthetic",
+        "--config.model.vla.action.action_dim=7",
+        # One-step chunks: 7 tokens, so that the uncached decoder (unrolled per token) compiles fast.
+        "--config.dataset.traj_transform_kwargs.action_horizon=1",
+        "--config.model.vla.action.horizon=1",
+        "--config.dataset.batch_size=2",
+        "--config.dataset.shuffle_buffer_size=4",
+    )
     assert infer["action"] == "bins" and infer["action_tokens"] == 7 and infer["backbone"]["image_size"] == 64
     for mode in ("with_cache", "without_cache"):
         figures = infer[mode]
-        assert 0 < figures["p50_ms"] <= figures["p95_ms"] and figures["action_tokens_per_s"] == 7 / (figures["p50_ms"] / 1000)
+        assert 0 < figures["p50_ms"] <= figures["p95_ms"] and figures["action_tokens_per_s"] == 7 / (
+            figures["p50_ms"] / 1000
+        )
     assert infer["cache_speedup"] == infer["without_cache"]["p50_ms"] / infer["with_cache"]["p50_ms"]

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octo_like.model import release
-from octo_like.model.policy import PolicyModel
+from octo_like.policy import release
+from octo_like.policy.model import PolicyModel
 from octo_like.train.checkpoint import restore_state
 from octo_like.utils import checksums
 from octo_like.utils.errors import InputError
@@ -23,8 +23,10 @@ NOISE = np.random.default_rng(0).integers(np.iinfo(np.int32).min, np.iinfo(np.in
 
 
 def params_of(value: float) -> dict:
-    return {"dense": {"kernel": jnp.full((64, 32), value, jnp.float32), "bias": jnp.arange(32, dtype=jnp.float32)},
-            "noise": jnp.asarray(NOISE)}
+    return {
+        "dense": {"kernel": jnp.full((64, 32), value, jnp.float32), "bias": jnp.arange(32, dtype=jnp.float32)},
+        "noise": jnp.asarray(NOISE),
+    }
 
 
 def flip_bit_in_array_data(step_dir: pathlib.Path) -> pathlib.Path:
@@ -34,25 +36,37 @@ def flip_bit_in_array_data(step_dir: pathlib.Path) -> pathlib.Path:
     for path in sorted(step_dir.rglob("*")):
         if path.is_file() and needle in (data := path.read_bytes()):
             position = data.index(needle) + 9
-            path.write_bytes(data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1:])
+            path.write_bytes(data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :])
             return path
     raise AssertionError(f"no raw data of the noise array found under {step_dir}")
 
 
 def test_checksums_find_one_flipped_bit_and_do_not_depend_on_sharding():
     kernel = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)
-    recorded, nonfinite = checksums.tree_checksums({"kernel": kernel, "key": jax.random.key(3), "half": jnp.ones(5, jnp.bfloat16)})
+    recorded, nonfinite = checksums.tree_checksums(
+        {"kernel": kernel, "key": jax.random.key(3), "half": jnp.ones(5, jnp.bfloat16)}
+    )
     assert nonfinite == [] and set(recorded) == {"kernel", "key", "half"}
     assert recorded["kernel"].startswith("xxh3_128:")
     damaged = kernel.copy()
     damaged.view(np.uint32)[17, 3] ^= 1 << 30
-    assert checksums.first_mismatch(recorded, checksums.tree_checksums({**{"kernel": damaged}, "key": jax.random.key(3),
-                                                                           "half": jnp.ones(5, jnp.bfloat16)})[0]) == "kernel"
+    assert (
+        checksums.first_mismatch(
+            recorded,
+            checksums.tree_checksums(
+                {**{"kernel": damaged}, "key": jax.random.key(3), "half": jnp.ones(5, jnp.bfloat16)}
+            )[0],
+        )
+        == "kernel"
+    )
     # The device checksum (arrays split over processes) gives one value whatever the layout.
     mesh = jax.make_mesh((8,), ("x",))
     sharded = jax.device_put(kernel, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x")))
     by_device = checksums.tree_checksums({"kernel": sharded}, {"kernel": "fmix64"})[0]["kernel"]
-    assert by_device.startswith("fmix64:") and by_device == checksums.tree_checksums({"kernel": kernel}, {"kernel": "fmix64"})[0]["kernel"]
+    assert (
+        by_device.startswith("fmix64:")
+        and by_device == checksums.tree_checksums({"kernel": kernel}, {"kernel": "fmix64"})[0]["kernel"]
+    )
     assert checksums.tree_checksums({"kernel": damaged}, {"kernel": "fmix64"})[0]["kernel"] != by_device
     with_inf = {"x": jnp.array([1.0, jnp.inf])}
     assert checksums.tree_checksums(with_inf)[1] == ["x"]
@@ -70,7 +84,11 @@ def test_a_bit_flip_in_the_newest_step_is_skipped_with_a_warning_naming_the_step
     assert step == 1
     np.testing.assert_array_equal(params["dense"]["kernel"], np.ones((64, 32)))
     assert "checkpoint step 2 of" in caplog.text and "array 'params/noise' fails its checksum" in caplog.text
-    with pytest.raises(InputError, match=r"checkpoint step 2 of .* cannot be restored: DamagedCheckpointError: array 'params/noise' fails its checksum"):
+    with pytest.raises(
+        InputError,
+        match=r"checkpoint step 2 of .* cannot be restored: DamagedCheckpointError: "
+        r"array 'params/noise' fails its checksum",
+    ):
         release.restore_params(str(tmp_path), jax.eval_shape(lambda: params_of(0.0)), step=2)
 
 
@@ -106,7 +124,10 @@ def test_non_finite_parameters_or_state_are_never_saved(tmp_path):
     manager.wait_until_finished()
     bad = params_of(1.0)
     bad["dense"]["bias"] = bad["dense"]["bias"].at[3].set(jnp.nan)
-    with pytest.raises(release.NonFiniteStateError, match=r"refusing to save checkpoint step 2 .*: array 'params/dense/bias' holds NaN or Inf"):
+    with pytest.raises(
+        release.NonFiniteStateError,
+        match=r"refusing to save checkpoint step 2 .*: array 'params/dense/bias' holds NaN or Inf",
+    ):
         release.save(manager, 2, bad)
     with pytest.raises(release.NonFiniteStateError, match=r"array 'state/mu' holds NaN or Inf"):
         release.save(manager, 2, params_of(1.0), {"mu": jnp.array([jnp.inf])})
@@ -118,9 +139,14 @@ def test_a_release_written_before_checksums_loads_with_a_note_and_acts_as_it_did
     from test_policy import example_batch  # tests/ is on sys.path
 
     model = PolicyModel.load_pretrained(str(FIXTURES / "release_a34613f"))
-    assert "checkpoint step 1 of" in caplog.text and "has no checksums (written before they existed): loaded unverified" in caplog.text
+    assert (
+        "checkpoint step 1 of" in caplog.text
+        and "has no checksums (written before they existed): loaded unverified" in caplog.text
+    )
     actions = model.sample_actions(example_batch()["observation"], {"pad_mask_dict": {}}, rng=jax.random.key(0))
-    np.testing.assert_allclose(np.asarray(actions), np.load(FIXTURES / "release_a34613f" / "reference_actions.npy"), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(actions), np.load(FIXTURES / "release_a34613f" / "reference_actions.npy"), atol=1e-6
+    )
 
 
 def test_a_tampered_checksums_file_fails_the_step(tmp_path, caplog):
@@ -128,7 +154,9 @@ def test_a_tampered_checksums_file_fails_the_step(tmp_path, caplog):
     release.save(manager, 1, params_of(1.0))
     release.save(manager, 2, params_of(2.0))
     manager.wait_until_finished()
-    [checksums_file] = [path for path in (tmp_path / "2" / release.CHECKSUMS).rglob("*") if path.is_file() and path.suffix != ".txt"]
+    [checksums_file] = [
+        path for path in (tmp_path / "2" / release.CHECKSUMS).rglob("*") if path.is_file() and path.suffix != ".txt"
+    ]
     checksums_file.write_text(json.dumps({"format": "other"}))
     _, step = release.restore_params(str(tmp_path), jax.eval_shape(lambda: params_of(0.0)))
     assert step == 1 and "its checksums file is not of format" in caplog.text

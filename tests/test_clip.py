@@ -66,7 +66,10 @@ def test_the_checkpoint_tokenizer_gives_the_ids_transformers_gives(name):
 
 
 def test_config_reads_defaults_preprocessing_and_legacy_eos():
-    tiny, legacy = clip_config_from_hf(os.path.join(FIXTURES, "clip_tiny")), clip_config_from_hf(os.path.join(FIXTURES, "clip_legacy"))
+    tiny, legacy = (
+        clip_config_from_hf(os.path.join(FIXTURES, "clip_tiny")),
+        clip_config_from_hf(os.path.join(FIXTURES, "clip_legacy")),
+    )
     assert (tiny.vision.patch_size, tiny.vision.image_size, tiny.projection_dim) == (8, 32, 24)
     assert tiny.vision.image_mean == CLIP_SIZES["B/32"].vision.image_mean
     assert legacy.vision.image_std == (0.25, 0.3, 0.35) and legacy.text.eos_token_id == 2
@@ -75,9 +78,15 @@ def test_config_reads_defaults_preprocessing_and_legacy_eos():
 
 def test_a_config_with_only_non_default_values_gets_the_transformers_defaults(tmp_path):
     # save_pretrained writes the difference to the class defaults; a B/16 config is mostly defaults.
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "clip", "text_config": {}, "vision_config": {"patch_size": [16, 16]},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "clip",
+                "text_config": {},
+                "vision_config": {"patch_size": [16, 16]},
+            }
+        )
+    )
     assert clip_config_from_hf(str(tmp_path)) == CLIP_SIZES["B/16"]
 
 
@@ -99,13 +108,18 @@ def test_missing_unexpected_and_misshapen_tensors_fail_in_one_line(tmp_path):
     renamed = dict(tensors)
     renamed["text_model.final_norm.weight"] = renamed.pop("text_model.final_layer_norm.weight")
     save_file(renamed, weights_path)
-    with pytest.raises(InputError, match=r"missing tensors \[text_model.final_layer_norm.weight\]; "
-                                         r"unexpected tensors \[text_model.final_norm.weight\]"):
+    with pytest.raises(
+        InputError,
+        match=r"missing tensors \[text_model.final_layer_norm.weight\]; "
+        r"unexpected tensors \[text_model.final_norm.weight\]",
+    ):
         load_clip(directory)
     misshapen = dict(tensors)
     misshapen["visual_projection.weight"] = np.zeros((24, 40), np.float32)
     save_file(misshapen, weights_path)
-    with pytest.raises(InputError, match=r"tensor visual_projection.weight has shape \(40, 24\) in Flax layout, expected \(48, 24\)"):
+    with pytest.raises(
+        InputError, match=r"tensor visual_projection.weight has shape \(40, 24\) in Flax layout, expected \(48, 24\)"
+    ):
         load_clip(directory)
     with pytest.raises(InputError, match="CLIP checkpoint directory '/nonexistent' does not exist"):
         load_clip("/nonexistent")

@@ -15,8 +15,6 @@ from octo_like.utils.config import (
 )
 from octo_like.utils.errors import InputError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 CONFIG_FILE = """
 import ml_collections
 from ml_collections import config_dict
@@ -38,7 +36,7 @@ SCRIPT_FILE = """
 from absl import app
 from ml_collections import config_flags
 
-import cli_common
+from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
@@ -54,7 +52,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli_common.run(main)
+    run_config_cli(main)
 """
 
 
@@ -83,7 +81,10 @@ def test_load_config_with_and_without_variant(config_path):
     [
         (None, "config file '{path}' not found"),
         ("X = 1\n", "config file '{path}' has no get_config function"),
-        ("def get_config(variant=None):\n    pass\n", "get_config() of '{path}' returned NoneType; expected a ConfigDict"),
+        (
+            "def get_config(variant=None):\n    pass\n",
+            "get_config() of '{path}' returned NoneType; expected a ConfigDict",
+        ),
     ],
     ids=["missing_file", "no_get_config", "returns_none"],
 )
@@ -186,8 +187,8 @@ def test_config_arg_from_argv(argv, expected):
 def _run_script(tmp_path, config_path, *args):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT_FILE)
-    # Only scripts/ on the path: cli_common must make `octo_like` importable by itself.
-    env = {**os.environ, "PYTHONPATH": os.path.join(REPO_ROOT, "scripts")}
+    # Run from outside the repository with no PYTHONPATH: `octo_like` is the installed package.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return subprocess.run(
         [sys.executable, str(script), "--config", config_path, *args],
         cwd=tmp_path,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from octo_like.model import release
+from octo_like.policy import release
 from octo_like.train.checkpoint import restore_state
 from octo_like.train.mesh import make_mesh, shard_params
 from octo_like.train.state import TrainState
@@ -22,7 +22,10 @@ def test_state_saved_on_2x4_restores_on_8x1_and_on_one_device(tmp_path):
     manager = release.checkpoint_manager(str(tmp_path))
     release.save(manager, 5, saved.params, saved)
     manager.wait_until_finished()
-    for mesh, shard_shape in ((make_mesh(data=8, fsdp=1), (64, 32)), (make_mesh(data=1, fsdp=1, devices=jax.devices()[:1]), (64, 32))):
+    for mesh, shard_shape in (
+        (make_mesh(data=8, fsdp=1), (64, 32)),
+        (make_mesh(data=1, fsdp=1, devices=jax.devices()[:1]), (64, 32)),
+    ):
         template = make_state(mesh)
         restored = restore_state(release.checkpoint_manager(str(tmp_path)), template)
         kernel = restored.params["dense"]["kernel"]

@@ -30,8 +30,13 @@ def nan_in_action_dimension_2_at_step_3(traj: dict) -> dict:
 def test_nan_action_names_dataset_key_and_dimension_and_caches_nothing(synthetic_data_dir):
     before = sorted(os.walk(synthetic_data_dir))
     with pytest.raises(InputError) as error:
-        make_dataset_from_rlds("synthetic_rlds/default", synthetic_data_dir, train=True,
-                               standardize_fn=nan_in_action_dimension_2_at_step_3, **KEYS)
+        make_dataset_from_rlds(
+            "synthetic_rlds/default",
+            synthetic_data_dir,
+            train=True,
+            standardize_fn=nan_in_action_dimension_2_at_step_3,
+            **KEYS,
+        )
     # Statistics read the train split (23 of the 24 episodes); each has the NaN at its step 3.
     assert re.fullmatch(
         r"cannot compute statistics of dataset 'synthetic_rlds/default/1\.0\.0': action dimension 2 has 23 non-finite "
@@ -56,8 +61,11 @@ def damage(path: str, how: str) -> None:
 def damaged_copy(synthetic_data_dir: str, tmp_path, config: str, how: str) -> tuple[str, str]:
     """(data dir, damaged shard): a copy of one synthetic config whose first TFRecord shard is damaged."""
     # Without the statistics other tests cached next to the shared data: these must be computed.
-    shutil.copytree(os.path.join(synthetic_data_dir, "synthetic_rlds", config), tmp_path / "synthetic_rlds" / config,
-                    ignore=shutil.ignore_patterns("dataset_statistics_*.json"))
+    shutil.copytree(
+        os.path.join(synthetic_data_dir, "synthetic_rlds", config),
+        tmp_path / "synthetic_rlds" / config,
+        ignore=shutil.ignore_patterns("dataset_statistics_*.json"),
+    )
     shard = sorted(glob.glob(str(tmp_path / "synthetic_rlds" / config / "*" / "*.tfrecord*")))[0]
     damage(shard, how)
     return str(tmp_path), shard
@@ -66,7 +74,9 @@ def damaged_copy(synthetic_data_dir: str, tmp_path, config: str, how: str) -> tu
 @pytest.mark.parametrize("how, reason", [("truncated", "truncated record at"), ("corrupted", "corrupted record at")])
 def test_damaged_shard_is_named_when_computing_statistics_and_iterating(synthetic_data_dir, tmp_path, how, reason):
     data_dir, shard = damaged_copy(synthetic_data_dir, tmp_path, "default", how)
-    expected_start = f"TFRecord file '{shard}' of dataset 'synthetic_rlds/default/1.0.0' is truncated or corrupted ({reason}"
+    expected_start = (
+        f"TFRecord file '{shard}' of dataset 'synthetic_rlds/default/1.0.0' is truncated or corrupted ({reason}"
+    )
 
     with pytest.raises(InputError) as error:
         make_dataset_from_rlds("synthetic_rlds/default", data_dir, train=True, **KEYS)
@@ -94,8 +104,13 @@ def test_read_failure_without_a_damaged_file_names_the_dataset_directory(synthet
     _, shard = damaged_copy(synthetic_data_dir, tmp_path, "default", "truncated")
     intact = load_builder("synthetic_rlds/default", synthetic_data_dir)
     # The data comes from the damaged copy, but the files it claims to read are intact.
-    sources = (RecordFiles("synthetic_rlds/default/1.0.0", str(intact.data_dir),
-                           tuple(glob.glob(os.path.join(intact.data_dir, "*.tfrecord*")))),)
+    sources = (
+        RecordFiles(
+            "synthetic_rlds/default/1.0.0",
+            str(intact.data_dir),
+            tuple(glob.glob(os.path.join(intact.data_dir, "*.tfrecord*"))),
+        ),
+    )
     with pytest.raises(InputError) as error:
         list(DLataset(tf.data.TFRecordDataset(shard), sources=sources).iterator())
     assert str(error.value).startswith(

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from octo_like.model import release
+from octo_like.policy import release
 from octo_like.train import distributed
 from octo_like.utils.errors import InputError
 
@@ -28,8 +28,14 @@ def free_port() -> int:
 
 def start_worker(out_dir, process_id, num_processes, port, devices):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen([sys.executable, WORKER, str(out_dir), str(process_id), str(num_processes), str(port)],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(out_dir), str(process_id), str(num_processes), str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process):
@@ -88,10 +94,22 @@ def _lookup(tree: dict, name: str):
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        (dict(num_processes=2, process_id=1), "distributed.num_processes=2 / process_id=1 need distributed.coordinator_address"),
-        (dict(coordinator_address="10.0.0.1", num_processes=2, process_id=0), "distributed.coordinator_address='10.0.0.1': expected 'host:port'"),
-        (dict(coordinator_address="10.0.0.1:1234", process_id=0), "distributed.num_processes=None: expected a positive integer"),
-        (dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=2), "distributed.process_id=2: expected an integer in [0, num_processes=2)"),
+        (
+            dict(num_processes=2, process_id=1),
+            "distributed.num_processes=2 / process_id=1 need distributed.coordinator_address",
+        ),
+        (
+            dict(coordinator_address="10.0.0.1", num_processes=2, process_id=0),
+            "distributed.coordinator_address='10.0.0.1': expected 'host:port'",
+        ),
+        (
+            dict(coordinator_address="10.0.0.1:1234", process_id=0),
+            "distributed.num_processes=None: expected a positive integer",
+        ),
+        (
+            dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=2),
+            "distributed.process_id=2: expected an integer in [0, num_processes=2)",
+        ),
     ],
 )
 def test_bad_distributed_settings_fail_in_one_line_before_connecting(settings, expected):
@@ -109,20 +127,42 @@ def test_single_process_needs_no_initialization():
 def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synthetic_data_dir, tmp_path):
     """scripts/train.py as a 2-process job (2 devices each, mesh data=2 x fsdp=2); SIGTERM reaches
     process 1 only, and both processes agree on the step to save and stop at."""
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     run_dir, port = tmp_path / "run", free_port()
-    common = ["scripts/train.py", "--config=experiments/configs/octo_scratch.py:tiny", f"--config.dataset.data_dir={synthetic_data_dir}",
-              f"--config.run_dir={run_dir}", "--config.num_steps=200", "--config.log_interval=2", "--config.eval_interval=1000",
-              "--config.save_interval=1000", "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20",
-              "--config.mesh.fsdp=2", f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2"]
+    common = [
+        "scripts/train.py",
+        "--config=experiments/configs/octo_scratch.py:tiny",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        f"--config.run_dir={run_dir}",
+        "--config.num_steps=200",
+        "--config.log_interval=2",
+        "--config.eval_interval=1000",
+        "--config.save_interval=1000",
+        "--config.dataset.batch_size=8",
+        "--config.dataset.shuffle_buffer_size=20",
+        "--config.mesh.fsdp=2",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+    ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [subprocess.Popen([sys.executable, *common, f"--config.distributed.process_id={i}"], cwd=REPO_ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, *common, f"--config.distributed.process_id={i}"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         deadline = time.time() + 600
         while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
-            assert all(p.poll() is None for p in processes) and time.time() < deadline, "training ended or stalled before its first log"
+            assert all(p.poll() is None for p in processes) and time.time() < deadline, (
+                "training ended or stalled before its first log"
+            )
             time.sleep(0.2)
         processes[1].send_signal(signal.SIGTERM)
         outputs = [p.communicate(timeout=600) for p in processes]

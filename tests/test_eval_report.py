@@ -7,9 +7,15 @@ from octo_like.eval.report import markdown_table, plot_success_rates, summarize,
 from octo_like.eval.rollout import EpisodeResult
 
 
-@pytest.mark.parametrize("successes, trials, expected", [
-    (0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)), (5, 10, (0.2366, 0.7634)), (18, 20, (0.6990, 0.9721)),
-])
+@pytest.mark.parametrize(
+    "successes, trials, expected",
+    [
+        (0, 10, (0.0, 0.2775)),
+        (10, 10, (0.7225, 1.0)),
+        (5, 10, (0.2366, 0.7634)),
+        (18, 20, (0.6990, 0.9721)),
+    ],
+)
 def test_wilson_interval_matches_published_values(successes, trials, expected):
     np.testing.assert_allclose(wilson_interval(successes, trials), expected, atol=1e-4)
 
@@ -22,7 +28,10 @@ def episodes():
 def test_summary_has_the_results_json_structure():
     results = summarize(episodes())
     assert results["tasks"]["reach-v3"] == {
-        "success_rate": 0.75, "episodes": 4, "mean_length": 25.0, "ci95": list(wilson_interval(3, 4)),
+        "success_rate": 0.75,
+        "episodes": 4,
+        "mean_length": 25.0,
+        "ci95": list(wilson_interval(3, 4)),
     }
     assert results["tasks"]["push-v3"]["success_rate"] == 0.0
     assert results["mean_success_rate"] == pytest.approx(0.375)

@@ -16,7 +16,12 @@ def outcome(results):
 def test_scripted_expert_succeeds_with_videos_of_the_first_episodes_only():
     settings = EvalSettings(tasks="reach,drawer-close", episodes_per_task=2, videos_per_task=1, image_size=32)
     results = evaluate(spec.create(ScriptedPolicy), settings, num_workers=2, show_progress=False)
-    assert [(r.task, r.index) for r in results] == [("reach-v3", 0), ("reach-v3", 1), ("drawer-close-v3", 0), ("drawer-close-v3", 1)]
+    assert [(r.task, r.index) for r in results] == [
+        ("reach-v3", 0),
+        ("reach-v3", 1),
+        ("drawer-close-v3", 0),
+        ("drawer-close-v3", 1),
+    ]
     assert all(r.success and 0 < r.length < 500 for r in results)
     for result in results:
         if result.index == 0:  # reset + one frame per step, both cameras side by side
@@ -29,8 +34,12 @@ def test_scripted_expert_succeeds_with_videos_of_the_first_episodes_only():
 
 
 def test_random_policy_runs_to_the_step_limit_and_instructions_can_be_replaced():
-    settings = EvalSettings(tasks="reach", episodes_per_task=3, max_episode_steps=25,
-                            instructions={"reach-v3": ["touch the red dot", "go to the target"]})
+    settings = EvalSettings(
+        tasks="reach",
+        episodes_per_task=3,
+        max_episode_steps=25,
+        instructions={"reach-v3": ["touch the red dot", "go to the target"]},
+    )
     results = evaluate(spec.create(RandomPolicy, action_horizon=4), settings, num_workers=1, show_progress=False)
     assert [(r.success, r.length) for r in results] == [(False, 25)] * 3
     assert [r.instruction for r in results] == ["touch the red dot", "go to the target", "touch the red dot"]
@@ -59,7 +68,9 @@ class FakeModel:
             "action": np.zeros((1, 2, 3, 4), np.float32),
         }
         stats = {"mean": np.array([1.0, 2.0, 3.0, 4.0]), "std": np.array([2.0, 2.0, 4.0, 4.0])}
-        self.dataset_statistics = {name: {"action": {"mean": np.full(4, 0.5)}, "proprio": stats} for name in dataset_names}
+        self.dataset_statistics = {
+            name: {"action": {"mean": np.full(4, 0.5)}, "proprio": stats} for name in dataset_names
+        }
         self.calls = []
 
     def create_tasks(self, texts):
@@ -99,7 +110,9 @@ def test_checkpoint_policy_rejects_environments_it_cannot_drive():
     policy = CheckpointPolicy(FakeModel())
     with pytest.raises(InputError, match="the checkpoint predicts 4-d actions; the environment expects 7-d actions"):
         policy.check_fits(("primary",), 7)
-    with pytest.raises(InputError, match=r"the checkpoint reads camera\(s\) \['primary'\]; the environment renders \['wrist'\]"):
+    with pytest.raises(
+        InputError, match=r"the checkpoint reads camera\(s\) \['primary'\]; the environment renders \['wrist'\]"
+    ):
         policy.check_fits(("wrist",), 4)
     with pytest.raises(InputError, match="trained on several datasets .*expected --dataset_name"):
         CheckpointPolicy(FakeModel(("a", "b")))

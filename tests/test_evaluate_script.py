@@ -10,14 +10,22 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/evaluate.py", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "scripts/evaluate.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_scripted_evaluation_writes_results_table_chart_episodes_and_videos(tmp_path):
     output_dir = tmp_path / "eval"
-    result = evaluate("--policy=scripted", "--tasks=reach", "--episodes=2", "--videos_per_task=1", "--workers=1",
-                      "--image_size=48", f"--output_dir={output_dir}")
+    result = evaluate(
+        "--policy=scripted",
+        "--tasks=reach",
+        "--episodes=2",
+        "--videos_per_task=1",
+        "--workers=1",
+        "--image_size=48",
+        f"--output_dir={output_dir}",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((output_dir / "results.json").read_text())
     assert results["mean_success_rate"] == 1.0
@@ -35,9 +43,18 @@ def test_heldout_instructions_round_trip_through_a_file(tmp_path):
     path = tmp_path / "heldout.json"
     result = evaluate("--tasks=reach,drawer-open", f"--write_heldout_instructions={path}")
     assert result.returncode == 0, result.stderr
-    assert json.loads(path.read_text()) == {"reach-v3": ["put the hand at the target"], "drawer-open-v3": ["pull out the drawer"]}
-    result = evaluate("--policy=random", "--tasks=reach", "--episodes=1", "--max_episode_steps=5",
-                      f"--instructions={path}", f"--output_dir={tmp_path / 'eval'}")
+    assert json.loads(path.read_text()) == {
+        "reach-v3": ["put the hand at the target"],
+        "drawer-open-v3": ["pull out the drawer"],
+    }
+    result = evaluate(
+        "--policy=random",
+        "--tasks=reach",
+        "--episodes=1",
+        "--max_episode_steps=5",
+        f"--instructions={path}",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
     assert result.returncode == 0, result.stderr
     episode = json.loads((tmp_path / "eval" / "episodes.jsonl").read_text())
     assert episode["instruction"] == "put the hand at the target" and episode["length"] == 5
@@ -45,8 +62,16 @@ def test_heldout_instructions_round_trip_through_a_file(tmp_path):
 
 def test_a_checkpoint_renders_at_its_training_size_and_takes_the_heldout_paraphrases(tmp_path):
     release = "tests/fixtures/release_a34613f"  # a 32x32 primary camera
-    result = evaluate("--policy=checkpoint", f"--checkpoint={release}", "--tasks=reach,drawer-open", "--episodes=1",
-                      "--max_episode_steps=3", "--workers=1", "--instructions=heldout", f"--output_dir={tmp_path / 'eval'}")
+    result = evaluate(
+        "--policy=checkpoint",
+        f"--checkpoint={release}",
+        "--tasks=reach,drawer-open",
+        "--episodes=1",
+        "--max_episode_steps=3",
+        "--workers=1",
+        "--instructions=heldout",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["settings"]["image_size"] == 32 and results["settings"]["instructions"] == "heldout"
@@ -68,12 +93,28 @@ def test_bad_input_fails_in_one_line_before_any_episode(tmp_path):
     (attack_run / "config.json").write_text(json.dumps({"model": {"heads": {"action": attack}}}))
     checkpoint = ("--policy=checkpoint", f"--output_dir={output_dir}")
     cases = {
-        ("--tasks=reach,fly", f"--output_dir={output_dir}"): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
+        (
+            "--tasks=reach,fly",
+            f"--output_dir={output_dir}",
+        ): "error: unknown Meta-World task 'fly'; expected a task set (mt10,",
         (*checkpoint, f"--checkpoint={tmp_path / 'nope'}"): "is not a directory; expected a run directory",
-        (*checkpoint, f"--checkpoint={empty_run}"): f"error: '{empty_run}' is not a run directory: it has no config.json",
-        (*checkpoint, f"--checkpoint={unsaved_run}"): f"error: run directory '{unsaved_run}' has no saved checkpoint step",
-        (*checkpoint, f"--checkpoint={attack_run}"): "model.heads.action names 'os:system', which is not a registered component",
-        ("--tasks=reach", "--instructions=/no/such.json", f"--output_dir={output_dir}"): "--instructions file '/no/such.json' not found",
+        (
+            *checkpoint,
+            f"--checkpoint={empty_run}",
+        ): f"error: '{empty_run}' is not a run directory: it has no config.json",
+        (
+            *checkpoint,
+            f"--checkpoint={unsaved_run}",
+        ): f"error: run directory '{unsaved_run}' has no saved checkpoint step",
+        (
+            *checkpoint,
+            f"--checkpoint={attack_run}",
+        ): "model.heads.action names 'os:system', which is not a registered component",
+        (
+            "--tasks=reach",
+            "--instructions=/no/such.json",
+            f"--output_dir={output_dir}",
+        ): "--instructions file '/no/such.json' not found",
         ("--tasks=reach",): "error: --output_dir is required",
     }
     for args, message in cases.items():

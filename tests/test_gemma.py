@@ -48,7 +48,10 @@ def test_a_stored_tied_lm_head_is_ignored_and_a_missing_tensor_is_named(tmp_path
     directory = str(tmp_path / "gemma")
     shutil.copytree(FIXTURE, directory)
     tensors = load_file(os.path.join(FIXTURE, "model.safetensors"))
-    save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}, os.path.join(directory, "model.safetensors"))
+    save_file(
+        {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]},
+        os.path.join(directory, "model.safetensors"),
+    )
     load_gemma(directory)
     del tensors["model.norm.weight"]
     save_file(tensors, os.path.join(directory, "model.safetensors"))
@@ -61,11 +64,17 @@ def test_greedy_decoding_with_the_kv_cache_equals_rerunning_the_sequence():
 
     reference = np.load(os.path.join(FIXTURE, "reference.npz"))
     gemma = load_gemma(FIXTURE)
-    ids, mask = jnp.asarray(reference["input_ids"]), jnp.asarray(reference["attention_mask"])  # rows of 10, 6 and 3 tokens
+    ids, mask = (
+        jnp.asarray(reference["input_ids"]),
+        jnp.asarray(reference["attention_mask"]),
+    )  # rows of 10, 6 and 3 tokens
 
     def decode(use_cache):
-        return jax.jit(lambda params: gemma.module.apply({"params": params}, ids, mask, 6, use_cache,
-                                                         method=GemmaForCausalLM.greedy_decode))(gemma.params)
+        return jax.jit(
+            lambda params: gemma.module.apply(
+                {"params": params}, ids, mask, 6, use_cache, method=GemmaForCausalLM.greedy_decode
+            )
+        )(gemma.params)
 
     cached, rerun = decode(True), decode(False)
     assert cached.shape == (3, 6)

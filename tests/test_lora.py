@@ -34,7 +34,10 @@ def test_lora_starts_at_the_base_model_trains_only_its_factors_and_merges_exactl
     ids, mask = jnp.asarray(reference["input_ids"]), jnp.asarray(reference["attention_mask"])
     lora = init_lora(gemma.params, GEMMA_LORA_TARGETS, rank=4, rng=jax.random.key(0))
     assert lora["model"]["layers_1"]["mlp"]["down_proj"]["kernel"]["a"].shape == (40, 4)
-    apply = lambda params: gemma.module.apply({"params": params}, ids, mask)
+
+    def apply(params):
+        return gemma.module.apply({"params": params}, ids, mask)
+
     np.testing.assert_array_equal(apply(merge_lora(gemma.params, lora, alpha=8.0)), apply(gemma.params))
 
     targets = jnp.roll(ids, -1, axis=1)  # next-token prediction on the fixture's ids
@@ -56,7 +59,10 @@ def test_lora_starts_at_the_base_model_trains_only_its_factors_and_merges_exactl
     changed = {"/".join(path) for path in base if not np.array_equal(merged[path], base[path])}
     assert changed == set(lora_factors(lora))  # exactly the adapted kernels; embeddings and norms stay the base's
     factors = lora_factors(lora)["model/layers_0/self_attn/q_proj/kernel"]
-    np.testing.assert_allclose(merged[("model", "layers_0", "self_attn", "q_proj", "kernel")],
-                               base[("model", "layers_0", "self_attn", "q_proj", "kernel")] + 2.0 * factors["a"] @ factors["b"], atol=1e-6)
+    np.testing.assert_allclose(
+        merged[("model", "layers_0", "self_attn", "q_proj", "kernel")],
+        base[("model", "layers_0", "self_attn", "q_proj", "kernel")] + 2.0 * factors["a"] @ factors["b"],
+        atol=1e-6,
+    )
     with pytest.raises(InputError, match="LoRA parameters for 'model/nothing/kernel'"):
         merge_lora(gemma.params, {"model": {"nothing": {"kernel": factors}}}, alpha=8.0)

@@ -52,7 +52,10 @@ def test_default_fsdp_spec(shape, fsdp_size, expected):
 
 def test_rules_override_default_and_first_match_wins():
     mesh = make_mesh(data=2, fsdp=4)
-    params = {"encoder": {"kernel": np.zeros((1024, 512)), "bias": np.zeros(512)}, "head": {"kernel": np.zeros((512, 64))}}
+    params = {
+        "encoder": {"kernel": np.zeros((1024, 512)), "bias": np.zeros(512)},
+        "head": {"kernel": np.zeros((512, 64))},
+    }
     rules = [("encoder/kernel$", P(None, "fsdp")), ("kernel", P(("data", "fsdp"), None)), ("encoder", P("fsdp"))]
     shardings = param_shardings(params, mesh, rules)
     assert shardings["encoder"]["kernel"].spec == P(None, "fsdp")  # the default would pick axis 0
@@ -151,7 +154,9 @@ def test_sharded_loss_and_grads_match_unsharded(data, fsdp):
 def test_shard_params_places_optimizer_state():
     params = _MLP().init(jax.random.key(0), jnp.zeros((1, 32)))
     mesh = make_mesh(data=2, fsdp=4)
-    opt_state = shard_params(optax.adam(1e-3).init(params), mesh, [("out/kernel$", P(None, "fsdp"))], fsdp_min_size=MIN_SIZE)
+    opt_state = shard_params(
+        optax.adam(1e-3).init(params), mesh, [("out/kernel$", P(None, "fsdp"))], fsdp_min_size=MIN_SIZE
+    )
     adam_state = opt_state[0]
     assert adam_state.count.sharding.is_fully_replicated
     assert adam_state.mu["params"]["hidden"]["kernel"].addressable_shards[0].data.shape == (32, 16)

@@ -8,13 +8,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines.metaworld.builder import build
-from data_pipelines.metaworld.collect import CollectionSettings, collect, episode_path, EpisodeJob, load_episode
+from data_pipelines.metaworld.collect import CollectionSettings, EpisodeJob, collect, episode_path, load_episode
 from octo_like.data.mixtures import make_named_mixture
 from octo_like.data.rlds import make_dataset_from_rlds
 from octo_like.eval.envs.metaworld_tasks import train_instructions
 from octo_like.utils.errors import InputError
 
-SETTINGS = CollectionSettings(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=3, image_size=32, action_noise=0.1)
+SETTINGS = CollectionSettings(
+    tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=3, image_size=32, action_noise=0.1
+)
 
 
 def episode_files(episodes_dir):
@@ -90,15 +92,23 @@ def test_dataset_is_rlds_with_train_and_val_splits_covering_every_task(built):
 def test_dataset_loads_through_the_pipeline_into_the_batch_contract(built):
     data_dir, _, _ = built
     trajectories, statistics = make_dataset_from_rlds(
-        "metaworld/tiny", data_dir, train=True, image_obs_keys={"primary": "image", "wrist": "wrist_image"},
-        proprio_obs_key="proprio", language_key="language_instruction",
+        "metaworld/tiny",
+        data_dir,
+        train=True,
+        image_obs_keys={"primary": "image", "wrist": "wrist_image"},
+        proprio_obs_key="proprio",
+        language_key="language_instruction",
     )
     assert statistics["num_trajectories"] == 4 and len(statistics["action"]["mean"]) == 4
     trajectory = next(trajectories.iterator())
     assert trajectory["observation"]["proprio"].shape[1] == 4 and trajectory["action"].shape[1] == 4
 
     batches, _ = make_named_mixture(
-        "metaworld/tiny", data_dir, train=True, shuffle_buffer_size=50, batch_size=4,
+        "metaworld/tiny",
+        data_dir,
+        train=True,
+        shuffle_buffer_size=50,
+        batch_size=4,
         traj_transform_kwargs=dict(window_size=2, action_horizon=3),
         frame_transform_kwargs=dict(resize_size={"primary": (32, 32), "wrist": (16, 16)}),
     )

@@ -67,18 +67,23 @@ def check_episode_is_truncated_at_max_steps():
     env.close()
 
 
-@pytest.mark.parametrize("check", [
-    check_observations_follow_the_declared_space,
-    check_same_seed_same_episode_other_seed_other_start,
-    check_scripted_expert_succeeds_and_the_episode_terminates,
-    check_episode_is_truncated_at_max_steps,
-])
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_observations_follow_the_declared_space,
+        check_same_seed_same_episode_other_seed_other_start,
+        check_scripted_expert_succeeds_and_the_episode_terminates,
+        check_episode_is_truncated_at_max_steps,
+    ],
+)
 def test_env(check):
     run_in_spawned_process(check)
 
 
 def test_unknown_camera_and_task_fail_in_one_line():
-    with pytest.raises(InputError, match=r"unknown Meta-World camera\(s\) \['frontview'\]; expected some of topview, corner"):
+    with pytest.raises(
+        InputError, match=r"unknown Meta-World camera\(s\) \['frontview'\]; expected some of topview, corner"
+    ):
         run_in_spawned_process(make_env, cameras={"primary": "frontview"})
     with pytest.raises(InputError, match="unknown Meta-World task 'fly-v3'"):
         run_in_spawned_process(make_env, task="fly-v3")

@@ -30,10 +30,16 @@ def test_resolve_tasks_accepts_sets_names_and_short_names_in_order():
     assert mt.resolve_tasks(["mt50_heldout"]) == list(mt.MT50_HELDOUT_TASKS)
 
 
-@pytest.mark.parametrize("names, message", [
-    ("reach,open-the-fridge", r"unknown Meta-World task 'open-the-fridge'; expected a task set \(mt10, .*\) or task names: assembly-v3, "),
-    (" , ", "no Meta-World tasks given"),
-])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (
+            "reach,open-the-fridge",
+            r"unknown Meta-World task 'open-the-fridge'; expected a task set \(mt10, .*\) or task names: assembly-v3, ",
+        ),
+        (" , ", "no Meta-World tasks given"),
+    ],
+)
 def test_bad_task_names_fail_with_the_valid_names(names, message):
     with pytest.raises(InputError, match=message):
         mt.resolve_tasks(names)
@@ -44,7 +50,12 @@ def test_episode_seeds_depend_on_purpose_seed_task_and_index_only():
         return mt.episode_seed_sequence(*args).generate_state(2).tolist()
 
     assert state("collect", 0, "reach-v3", 1, 0) == state("collect", 0, "reach-v3", 1, 0)
-    variants = [("evaluate", 0, "reach-v3", 1, 0), ("collect", 1, "reach-v3", 1, 0),
-                ("collect", 0, "push-v3", 1, 0), ("collect", 0, "reach-v3", 2, 0), ("collect", 0, "reach-v3", 1, 1)]
+    variants = [
+        ("evaluate", 0, "reach-v3", 1, 0),
+        ("collect", 1, "reach-v3", 1, 0),
+        ("collect", 0, "push-v3", 1, 0),
+        ("collect", 0, "reach-v3", 2, 0),
+        ("collect", 0, "reach-v3", 1, 1),
+    ]
     seeds = {tuple(state(*args)) for args in [("collect", 0, "reach-v3", 1, 0), *variants]}
     assert len(seeds) == 6

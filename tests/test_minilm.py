@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from octo_like.model.language.minilm import (
-    BertConfig,
-    BertEncoder,
-    load_bert_params,
-    load_minilm,
-    minilm_param_tree,
-)
+from octo_like.hf.minilm import bert_config_from_hf, load_bert_params, load_minilm, minilm_param_tree
+from octo_like.model.language.minilm import BertEncoder
 from octo_like.utils.errors import InputError
 
 REFERENCE_NPZ = os.path.join(os.path.dirname(__file__), "fixtures", "minilm", "reference.npz")
@@ -114,7 +109,7 @@ def test_tiny_checkpoint_loads_with_or_without_bert_prefix(tmp_path):
     prefixed_dir.mkdir()
     config, params = load_bert_params(_write_checkpoint(plain_dir, _tiny_bert_tensors()))
     _, prefixed_params = load_bert_params(_write_checkpoint(prefixed_dir, _tiny_bert_tensors("bert.")))
-    assert config == BertConfig.from_json(str(plain_dir / "config.json"))
+    assert config == bert_config_from_hf(str(plain_dir / "config.json"))
     assert config.num_layers == 2 and config.num_heads == 2
     assert params["layer_1"]["intermediate"]["kernel"].shape == (8, 12)  # torch [12, 8], transposed
     np.testing.assert_array_equal(params["layer_0"]["query"]["kernel"], prefixed_params["layer_0"]["query"]["kernel"])

@@ -8,7 +8,12 @@ TRAJ_KWARGS = dict(
     window_size=2,
     action_horizon=3,
     goal_relabeling_strategy="uniform",
-    text_tokenizer={"module": "octo_like.data.language", "name": "TextTokenizer", "args": [], "kwargs": {"max_length": 12}},
+    text_tokenizer={
+        "module": "octo_like.data.language",
+        "name": "TextTokenizer",
+        "args": [],
+        "kwargs": {"max_length": 12},
+    },
 )
 FRAME_KWARGS = dict(
     resize_size={"primary": (32, 32), "wrist": (16, 16)},

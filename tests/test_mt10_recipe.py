@@ -24,7 +24,10 @@ def test_the_recipe_reads_the_full_state_the_sentence_embedding_and_films_the_pr
 def test_a_variant_changes_one_knob_and_a_bad_one_is_one_line():
     config = load_config(f"{CONFIG}:proprio=hand,wrist=off,chunk=8,head=l1")
     assert config.dataset.dataset_kwargs.proprio_obs_key == "proprio"
-    assert "wrist" not in config.model.observation_tokenizers and "wrist" not in config.dataset.frame_transform_kwargs.resize_size
+    assert (
+        "wrist" not in config.model.observation_tokenizers
+        and "wrist" not in config.dataset.frame_transform_kwargs.resize_size
+    )
     assert config.dataset.traj_transform_kwargs.action_horizon == 8
     assert config.model.heads["action"]["kwargs"]["action_horizon"] == 8
     with pytest.raises(InputError, match=r"^variant proprio='goal'; expected one of state, hand$"):
@@ -38,21 +41,28 @@ def test_a_variant_changes_one_knob_and_a_bad_one_is_one_line():
 def test_a_release_names_the_environment_observation_of_its_proprio():
     assert env_proprio_key({"proprio": {"mean": [0.0], "obs_key": "full_state"}}) == "state"
     assert env_proprio_key({"proprio": {"mean": [0.0]}}) == "proprio"  # releases from before obs_key
-    with pytest.raises(InputError, match=r"^the checkpoint's proprio was read from the dataset key 'joints'; a Meta-World "):
+    with pytest.raises(
+        InputError, match=r"^the checkpoint's proprio was read from the dataset key 'joints'; a Meta-World "
+    ):
         env_proprio_key({"proprio": {"obs_key": "joints"}})
 
 
 def test_sentence_tokens_are_one_unit_length_token_close_for_rewordings():
-    from octo_like.utils.text import FixedLengthTokenizer
-    from octo_like.model.language.minilm import load_bert_params
-    from octo_like.model.policy import LANGUAGE_ENCODER, make_network
+    from octo_like.hf.minilm import load_bert_params
+    from octo_like.model.network import LANGUAGE_ENCODER
+    from octo_like.policy.build import make_network
     from octo_like.utils.assets import installed_minilm_dir
+    from octo_like.utils.text import FixedLengthTokenizer
 
     tokenizer = FixedLengthTokenizer(None, 16)
     texts = ["pick up the puck and place it at the goal", "carry the puck to the goal position", "open the drawer"]
     task = {"language_instruction": tokenizer(texts), "pad_mask_dict": {"language_instruction": np.ones(3, bool)}}
-    model_config = {"language": {"max_length": 16, "tokens": "sentence"}, "readouts": {"action": 1},
-                    "heads": {}, "transformer": {"size": "tiny"}}
+    model_config = {
+        "language": {"max_length": 16, "tokens": "sentence"},
+        "readouts": {"action": 1},
+        "heads": {},
+        "transformer": {"size": "tiny"},
+    }
     network = make_network(model_config, window_size=1)
     params = {LANGUAGE_ENCODER: load_bert_params(installed_minilm_dir())[1]}
     groups, embedding_BC = network.apply({"params": params}, task, method=network.language_groups)

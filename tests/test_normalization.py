@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from octo_like.utils import normalization
 from octo_like.data import statistics as statistics_lib
 from octo_like.data.dlataset import DLataset
-from octo_like.utils.normalization import normalize, unnormalize
+from octo_like.utils import normalization
 from octo_like.utils.errors import InputError
+from octo_like.utils.normalization import normalize, unnormalize
 
 TYPES = normalization.NORMALIZATION_TYPES
 
@@ -142,7 +142,9 @@ def test_jax_matches_numpy_under_jit(data, normalization_type):
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6, atol=1e-6)
     back = jax.jit(lambda y: unnormalize(y, stats, normalization_type, mask=mask, xp=jnp))(got)
-    np.testing.assert_allclose(np.asarray(back), unnormalize(expected, stats, normalization_type, mask=mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(back), unnormalize(expected, stats, normalization_type, mask=mask), rtol=1e-5, atol=1e-5
+    )
 
 
 def make_trajectory_dataset(lengths=(3, 6, 4), seed=3) -> tuple[list[dict], DLataset]:
@@ -159,7 +161,10 @@ def make_trajectory_dataset(lengths=(3, 6, 4), seed=3) -> tuple[list[dict], DLat
     ]
     signature = {
         "action": tf.TensorSpec([None, 5], tf.float32),
-        "observation": {"proprio": tf.TensorSpec([None, 3], tf.float32), "image_primary": tf.TensorSpec([None], tf.string)},
+        "observation": {
+            "proprio": tf.TensorSpec([None, 3], tf.float32),
+            "image_primary": tf.TensorSpec([None], tf.string),
+        },
     }
     return trajs, DLataset(tf.data.Dataset.from_generator(lambda: iter(trajs), output_signature=signature))
 
@@ -186,13 +191,16 @@ def test_normalize_action_and_proprio_in_tf_data_matches_numpy(normalization_typ
     assert len(outputs) == len(trajs)
     for traj, out in zip(trajs, outputs, strict=True):
         np.testing.assert_allclose(
-            out["action"], normalize(traj["action"], statistics["action"], normalization_type, action_mask),
-            rtol=1e-6, atol=1e-6,
+            out["action"],
+            normalize(traj["action"], statistics["action"], normalization_type, action_mask),
+            rtol=1e-6,
+            atol=1e-6,
         )
         np.testing.assert_allclose(
             out["observation"]["proprio"],
             normalize(traj["observation"]["proprio"], statistics["proprio"], normalization_type, proprio_mask),
-            rtol=1e-6, atol=1e-6,
+            rtol=1e-6,
+            atol=1e-6,
         )
         np.testing.assert_array_equal(out["action"][:, 4], traj["action"][:, 4])
         np.testing.assert_array_equal(out["observation"]["proprio"][:, 0], traj["observation"]["proprio"][:, 0])
@@ -211,7 +219,9 @@ def test_normalize_action_and_proprio_validates_inputs():
     with pytest.raises(InputError, match="unknown normalization type 'foo' for action_proprio_normalization_type"):
         statistics_lib.normalize_action_and_proprio(trajs[0], statistics, "foo")
     with pytest.raises(InputError, match="action_normalization_mask has shape \\(2,\\); expected length 5"):
-        dataset.traj_map(lambda t: statistics_lib.normalize_action_and_proprio(t, statistics, "normal", action_mask=[True, False]))
+        dataset.traj_map(
+            lambda t: statistics_lib.normalize_action_and_proprio(t, statistics, "normal", action_mask=[True, False])
+        )
     with pytest.raises(InputError, match="proprio_normalization_mask .* expected length 3"):
         statistics_lib.normalize_action_and_proprio(trajs[0], statistics, "bounds", proprio_mask=[True] * 4)
 

@@ -35,8 +35,9 @@ def execute(path: str, parameters: str) -> list[dict]:
     parameters_cell(notebook).source = parameters
     # kernel "python3" with a "python" argv runs this interpreter (jupyter_client swaps in sys.executable),
     # so the kernel sees this venv's packages. A cell error raises CellExecutionError here.
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
+    ).execute()
     return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
 
 
@@ -51,14 +52,17 @@ def test_evaluate_policy_notebook_shows_table_chart_and_video():
 
 
 def test_inference_notebook_predicts_a_chunk_plots_it_and_shows_an_episode():
-    outputs = execute(INFERENCE, f"""\
+    outputs = execute(
+        INFERENCE,
+        f"""\
 CHECKPOINT = "{SMALL_RELEASE}"
 STEP = None
 TASK = "reach"
 INSTRUCTION = None
 SEED = 0
 MAX_EPISODE_STEPS = 12
-""")
+""",
+    )
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert "cameras {'primary': (32, 32)}, window 2, chunk 3 x 4, proprio from the environment's 'proprio'" in text
@@ -70,7 +74,9 @@ MAX_EPISODE_STEPS = 12
 
 
 def test_finetune_notebook_collects_finetunes_evaluates_and_plots(tmp_path):
-    outputs = execute(FINETUNE, f"""\
+    outputs = execute(
+        FINETUNE,
+        f"""\
 PRETRAINED = "{SMALL_RELEASE}"
 TASK = "door-lock"
 DEMOS = 2
@@ -83,9 +89,10 @@ EXTRA_FLAGS = ["--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer
 EVAL_EPISODES = 1
 MAX_EPISODE_STEPS = 8
 WORKERS = 1
-DATA_DIR = "{tmp_path / 'data'}"
-RUN_DIR = "{tmp_path / 'finetuned'}"
-""")
+DATA_DIR = "{tmp_path / "data"}"
+RUN_DIR = "{tmp_path / "finetuned"}"
+""",
+    )
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert '"episodes": 2' in text  # the collection's summary line

@@ -31,13 +31,19 @@ def test_prefix_lm_and_causal_logits_match_transformers_in_float32():
     assert max(differences(FIXTURE)) <= 1e-4
 
 
-@pytest.mark.parametrize("renames", [
-    # transformers 4.x: the SigLIP tower kept its `vision_model.` level.
-    [(r"^vision_tower\.", "vision_tower.vision_model.")],
-    # the 5.x module layout: everything under `model.`, the decoder as `model.language_model.`.
-    [(r"^vision_tower\.", "model.vision_tower."), (r"^language_model\.model\.", "model.language_model."),
-     (r"^multi_modal_projector\.", "model.multi_modal_projector.")],
-])
+@pytest.mark.parametrize(
+    "renames",
+    [
+        # transformers 4.x: the SigLIP tower kept its `vision_model.` level.
+        [(r"^vision_tower\.", "vision_tower.vision_model.")],
+        # the 5.x module layout: everything under `model.`, the decoder as `model.language_model.`.
+        [
+            (r"^vision_tower\.", "model.vision_tower."),
+            (r"^language_model\.model\.", "model.language_model."),
+            (r"^multi_modal_projector\.", "model.multi_modal_projector."),
+        ],
+    ],
+)
 def test_every_transformers_naming_loads_the_same_model(tmp_path, renames):
     directory = str(tmp_path / "paligemma")
     shutil.copytree(FIXTURE, directory)
@@ -60,7 +66,9 @@ def test_bad_inputs_and_checkpoints_fail_in_one_line(tmp_path):
     tensors = load_file(os.path.join(FIXTURE, "model.safetensors"))
     del tensors["multi_modal_projector.linear.bias"]
     save_file(tensors, os.path.join(directory, "model.safetensors"))
-    with pytest.raises(InputError, match=r"PaliGemma checkpoint \(multi_modal_projector\) .* missing tensors \[linear.bias\]"):
+    with pytest.raises(
+        InputError, match=r"PaliGemma checkpoint \(multi_modal_projector\) .* missing tensors \[linear.bias\]"
+    ):
         load_paligemma(directory)
 
 
@@ -72,12 +80,17 @@ def test_a_sharded_checkpoint_with_an_index_loads_the_same_model(tmp_path):
     tensors = load_file(os.path.join(FIXTURE, "model.safetensors"))
     os.remove(directory / "model.safetensors")
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     for shard, shard_names in shards.items():
         save_file({name: tensors[name] for name in shard_names}, str(directory / shard))
     weight_map = {name: shard for shard, shard_names in shards.items() for name in shard_names}
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     assert max(differences(str(directory))) <= 1e-4
     os.remove(directory / "model-00002-of-00002.safetensors")
-    with pytest.raises(InputError, match=r"shard '.*model-00002-of-00002.safetensors' named by '.*index.json' does not exist"):
+    with pytest.raises(
+        InputError, match=r"shard '.*model-00002-of-00002.safetensors' named by '.*index.json' does not exist"
+    ):
         load_paligemma(str(directory))

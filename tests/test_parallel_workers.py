@@ -46,11 +46,16 @@ def running_parent(tmp_path, mode: str, num_workers: int):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     with open(tmp_path / "stderr", "w") as stderr:
-        parent = subprocess.Popen([sys.executable, PARENT, mode, str(pid_dir)], stdout=subprocess.DEVNULL,
-                                  stderr=stderr, start_new_session=True)
+        parent = subprocess.Popen(
+            [sys.executable, PARENT, mode, str(pid_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         assert wait_until(lambda: len(os.listdir(pid_dir)) >= num_workers, STARTUP_TIMEOUT_S), (
-            f"{len(os.listdir(pid_dir))} of {num_workers} workers started; stderr: {(tmp_path / 'stderr').read_text()}")
+            f"{len(os.listdir(pid_dir))} of {num_workers} workers started; stderr: {(tmp_path / 'stderr').read_text()}"
+        )
         yield parent, [int(name) for name in os.listdir(pid_dir)]
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -60,7 +65,8 @@ def running_parent(tmp_path, mode: str, num_workers: int):
 
 def assert_all_exit(pids: list[int]) -> None:
     assert wait_until(lambda: not any(map(is_running, pids)), EXIT_TIMEOUT_S), (
-        f"still running {EXIT_TIMEOUT_S} s after their parent ended: {[pid for pid in pids if is_running(pid)]}")
+        f"still running {EXIT_TIMEOUT_S} s after their parent ended: {[pid for pid in pids if is_running(pid)]}"
+    )
 
 
 def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):

@@ -1,16 +1,16 @@
 """PolicyModel: creation from a config, loss, sampling, tasks, and the release format round trip."""
 
+import jax
+import jax.extend
 import numpy as np
 import pytest
 
-import jax
-import jax.extend
-
 from octo_like.model.heads import DiffusionActionHead
-from octo_like.model.policy import PolicyModel, with_normalization_settings
 from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.policy.model import PolicyModel
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
+from octo_like.utils.normalization import with_normalization_settings
 
 B, T, H, A, P = 2, 2, 3, 4, 4
 
@@ -20,8 +20,12 @@ def small_config(head="diffusion"):
     return {
         "model": {
             "observation_tokenizers": {
-                "primary": spec.create(ImageTokenizer, camera="primary", image_size=(32, 32),
-                                       stem_kwargs={"features": (8, 16), "num_features": 32, "patch_size": 8}),
+                "primary": spec.create(
+                    ImageTokenizer,
+                    camera="primary",
+                    image_size=(32, 32),
+                    stem_kwargs={"features": (8, 16), "num_features": 32, "patch_size": 8},
+                ),
                 "proprio": spec.create(ProprioTokenizer, mode="linear", token_dim=16),
             },
             "task_tokenizers": {},
@@ -45,7 +49,10 @@ def example_batch(seed=0):
             "pad_mask_dict": {"image_primary": np.ones((B, T), bool), "proprio": np.ones((B, T), bool)},
         },
         "task": {
-            "language_instruction": {"input_ids": np.full((B, 8), 101, np.int32), "attention_mask": np.ones((B, 8), np.int32)},
+            "language_instruction": {
+                "input_ids": np.full((B, 8), 101, np.int32),
+                "attention_mask": np.ones((B, 8), np.int32),
+            },
             "pad_mask_dict": {"language_instruction": np.ones(B, bool)},
         },
         "action": rng.normal(size=(B, T, H, A)).astype(np.float32),
@@ -56,9 +63,12 @@ def example_batch(seed=0):
 
 STATISTICS = {
     "toy": with_normalization_settings(
-        {"action": {"mean": np.array([1.0, 2.0, 3.0, 0.0]), "std": np.array([2.0, 2.0, 2.0, 1.0])},
-         "proprio": {"mean": np.zeros(P), "std": np.ones(P)}},
-        "normal", action_mask=[True, True, True, False],
+        {
+            "action": {"mean": np.array([1.0, 2.0, 3.0, 0.0]), "std": np.array([2.0, 2.0, 2.0, 1.0])},
+            "proprio": {"mean": np.zeros(P), "std": np.ones(P)},
+        },
+        "normal",
+        action_mask=[True, True, True, False],
     )
 }
 
@@ -69,11 +79,12 @@ def model():
 
 
 def test_language_encoder_is_the_pretrained_minilm(model):
-    from octo_like.model.language.minilm import minilm_param_tree
+    from octo_like.hf.minilm import minilm_param_tree
 
     pretrained = minilm_param_tree()
-    np.testing.assert_array_equal(model.params["language_encoder"]["word_embeddings"]["embedding"],
-                                  pretrained["word_embeddings"]["embedding"])
+    np.testing.assert_array_equal(
+        model.params["language_encoder"]["word_embeddings"]["embedding"], pretrained["word_embeddings"]["embedding"]
+    )
 
 
 def test_loss_is_finite_and_language_gets_no_gradient(model):
@@ -95,7 +106,9 @@ def matmul_dtypes(fn, *args) -> dict:
         if eqn.primitive.name == "dot_general":
             (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
             return np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[axis] for axis in lhs_contracting])
-        return np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs) // eqn.outvars[0].aval.shape[-1]  # NHWC out, HWIO kernel
+        return (
+            np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs) // eqn.outvars[0].aval.shape[-1]
+        )  # NHWC out, HWIO kernel
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
@@ -143,21 +156,30 @@ def test_sample_actions_unnormalizes_with_the_statistics_settings(model):
     task = model.create_tasks(texts=["open the drawer", "reach the goal"])
     assert task["language_instruction"]["input_ids"].shape == (B, 8)
     normalized = model.sample_actions(batch["observation"], task, rng=jax.random.key(2))
-    actions = model.sample_actions(batch["observation"], task, rng=jax.random.key(2),
-                                   unnormalization_statistics=STATISTICS["toy"]["action"])
+    actions = model.sample_actions(
+        batch["observation"], task, rng=jax.random.key(2), unnormalization_statistics=STATISTICS["toy"]["action"]
+    )
     assert normalized.shape == actions.shape == (B, H, A)
-    np.testing.assert_allclose(actions[..., :3], normalized[..., :3] * 2.0 + np.array([1.0, 2.0, 3.0]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        actions[..., :3], normalized[..., :3] * 2.0 + np.array([1.0, 2.0, 3.0]), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_array_equal(actions[..., 3], normalized[..., 3])  # masked: the gripper stays raw
 
 
 def test_release_round_trip_gives_the_same_actions(model, tmp_path):
     model.save_pretrained(7, str(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "dataset_statistics.json", "example_batch.msgpack", "7"}
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "config.json",
+        "dataset_statistics.json",
+        "example_batch.msgpack",
+        "7",
+    }
     loaded = PolicyModel.load_pretrained(str(tmp_path))
     batch, task = example_batch(), model.create_tasks(texts=["a", "b"])
     np.testing.assert_allclose(
         loaded.sample_actions(batch["observation"], task, rng=jax.random.key(3)),
-        model.sample_actions(batch["observation"], task, rng=jax.random.key(3)), atol=1e-6,
+        model.sample_actions(batch["observation"], task, rng=jax.random.key(3)),
+        atol=1e-6,
     )
     np.testing.assert_array_equal(loaded.dataset_statistics["toy"]["action"]["mask"], [True, True, True, False])
 
@@ -169,7 +191,11 @@ def test_bad_inputs_fail_in_one_line(model, tmp_path):
     with pytest.raises(InputError, match=r"observation has no 'proprio'"):
         model.sample_actions(observation, task, rng=jax.random.key(0))
     observation = dict(example_batch()["observation"], image_primary=np.zeros((B, T, 48, 48, 3), np.uint8))
-    with pytest.raises(InputError, match=r"observation\['image_primary'\] has shape \(2, 2, 48, 48, 3\); the model was built for \[B, T, \*\[32, 32, 3\]\]"):
+    with pytest.raises(
+        InputError,
+        match=r"observation\['image_primary'\] has shape \(2, 2, 48, 48, 3\); "
+        r"the model was built for \[B, T, \*\[32, 32, 3\]\]",
+    ):
         model.sample_actions(observation, task, rng=jax.random.key(0))
     with pytest.raises(InputError, match="is not a run directory: it has no config.json"):
         PolicyModel.load_pretrained(str(tmp_path))
@@ -180,6 +206,8 @@ def test_model_and_evaluation_never_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, octo_like.model.policy, octo_like.eval.rollout, octo_like.eval.policies; "
-            "assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys, octo_like.policy.model, octo_like.eval.rollout, octo_like.eval.policies; "
+        "assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

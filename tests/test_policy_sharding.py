@@ -5,11 +5,11 @@ import re
 import jax
 import numpy as np
 import pytest
-
 from distributed_worker import global_batch
-from octo_like.model.policy import PolicyModel
-from octo_like.train.mesh import batch_sharding, make_mesh, param_shardings, replicated, shard_batch, shard_params
 from test_policy import STATISTICS, small_config
+
+from octo_like.policy.model import PolicyModel
+from octo_like.train.mesh import batch_sharding, make_mesh, param_shardings, replicated, shard_batch, shard_params
 
 # float32 reductions split over devices sum in another order: rounding-level differences only.
 TOLERANCE = 1e-5
@@ -36,15 +36,19 @@ def test_loss_and_gradients_agree_across_mesh_shapes(model_and_batch, data, fsdp
 
     mesh = make_mesh(data=data, fsdp=fsdp)
     shardings = param_shardings(model.params, mesh, fsdp_min_size=FSDP_MIN_SIZE)
-    step = jax.jit(loss_and_grads(model), in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=((replicated(mesh), None), shardings))
+    step = jax.jit(
+        loss_and_grads(model),
+        in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=((replicated(mesh), None), shardings),
+    )
     params = shard_params(model.params, mesh, fsdp_min_size=FSDP_MIN_SIZE)
     with jax.set_mesh(mesh):
         (loss, _), grads = step(params, shard_batch(batch, mesh), rng)
 
     np.testing.assert_allclose(loss, reference_loss, rtol=0, atol=TOLERANCE)
-    for (path, value), (_, expected) in zip(jax.tree_util.tree_leaves_with_path(grads),
-                                            jax.tree_util.tree_leaves_with_path(reference_grads), strict=True):
+    for (path, value), (_, expected) in zip(
+        jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves_with_path(reference_grads), strict=True
+    ):
         np.testing.assert_allclose(value, expected, rtol=0, atol=TOLERANCE, err_msg=jax.tree_util.keystr(path))
     # The MLP kernel (32 x 64) is split along its 64-wide axis over fsdp; its gradient too.
     kernel_grad = grads["block_transformer"]["block_0"]["mlp_hidden"]["kernel"]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octo_like.model import release
+from octo_like.policy import release
 from octo_like.utils.errors import InputError
 
 
@@ -37,4 +37,7 @@ def test_a_checkpoint_of_another_structure_fails_in_one_line_naming_the_cause(tm
         release.restore_params(str(tmp_path), {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})
     message = str(excinfo.value)
     assert message.startswith(f"no checkpoint step of '{tmp_path}' can be restored (tried [1]); the last error: ")
-    assert "\n" not in message and len(message) > len(f"no checkpoint step of '{tmp_path}' can be restored (tried [1]); the last error: ") + 10
+    assert (
+        "\n" not in message
+        and len(message) > len(f"no checkpoint step of '{tmp_path}' can be restored (tried [1]); the last error: ") + 10
+    )

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from octo_like.model.heads import HEADS
-from octo_like.model.policy import PolicyModel
 from octo_like.policy import registry
+from octo_like.policy.model import PolicyModel
 from octo_like.policy.registry import RELEASE_COMPONENTS, check_release_config
 from octo_like.utils import spec
 from octo_like.utils.config import load_config
@@ -25,10 +25,16 @@ CONFIG_VARIANTS = [
     *(f"metaworld_scratch.py:{head},{size}" for head in HEAD_NAMES for size in ("tiny", "small", "base")),
     *(f"octo_scratch.py:{size},{head}" for size in ("tiny", "small", "base") for head in HEAD_NAMES),
     *(f"otter_metaworld.py:{selection},{head}" for selection in ("text_aware", "pooled") for head in HEAD_NAMES),
-    "synthetic.py:default", "synthetic.py:two_robots",
-    "vla_flow.py", "vla_flow.py:lora", "vla_flow.py:adarms", "vla_flow.py:pod", "vla_flow.py:lora,pod",
+    "synthetic.py:default",
+    "synthetic.py:two_robots",
+    "vla_flow.py",
+    "vla_flow.py:lora",
+    "vla_flow.py:adarms",
+    "vla_flow.py:pod",
+    "vla_flow.py:lora,pod",
     *(f"vla_tokens.py:{kind}{options}" for kind in ("bins", "fast") for options in ("", ",lora", ",pod", ",lora,pod")),
-    "metaworld_mt10.py", *(f"metaworld_mt10.py:head={head}" for head in HEAD_NAMES),
+    "metaworld_mt10.py",
+    *(f"metaworld_mt10.py:head={head}" for head in HEAD_NAMES),
     "metaworld_mt10.py:proprio=hand,language=all,film=off,wrist=off",
 ]
 
@@ -63,46 +69,108 @@ def test_a_spec_calling_os_system_is_refused_before_it_runs(tmp_path):
     with pytest.raises(InputError) as excinfo:
         PolicyModel.load_pretrained(run_dir)
     message = str(excinfo.value)
-    assert message.startswith(f"release config '{run_dir}/config.json': model.heads.action names 'os:system', "
-                              "which is not a registered component"), message
+    assert message.startswith(
+        f"release config '{run_dir}/config.json': model.heads.action names 'os:system', "
+        "which is not a registered component"
+    ), message
     assert "\n" not in message
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("key_path", "make_spec", "expected"), [
-    # Dotted attribute paths reach os.system through a registered module, or name a stdlib function.
-    ("model.heads.action", lambda m: {"module": "octo_like.model.policy", "name": "os.system", "args": [f"touch {m}"]},
-     "model.heads.action names 'octo_like.model.policy:os.system'"),
-    ("model.heads.action", lambda m: {"module": "octo_like.model.heads", "name": "spec.importlib.import_module",
-                                      "args": ["antigravity"]},
-     "model.heads.action names 'octo_like.model.heads:spec.importlib.import_module'"),
-    ("model.observation_tokenizers.primary", lambda m: {"module": "os.path", "name": "join", "args": ["a", "b"]},
-     "model.observation_tokenizers.primary names 'os.path:join'"),
-    ("model.heads.action", lambda m: {"module": "builtins", "name": "eval", "args": [f"open('{m}', 'w')"]},
-     "model.heads.action names 'builtins:eval'"),
-    ("model.task_tokenizers.goal", lambda m: {"module": "builtins", "name": "exec", "args": [f"open('{m}', 'w')"]},
-     "model.task_tokenizers.goal names 'builtins:exec'"),
-    ("model.heads.action", lambda m: {"module": "importlib", "name": "import_module", "args": ["antigravity"]},
-     "model.heads.action names 'importlib:import_module'"),
-    # Nested in a registered head's kwargs, and in a list of args.
-    ("model.heads.action", lambda m: spec.create("octo_like.model.heads:ContinuousActionHead", action_horizon=3, action_dim=4,
-                                                 loss_type={"module": "subprocess", "name": "Popen", "args": [["touch", str(m)]]}),
-     "model.heads.action.kwargs.loss_type names 'subprocess:Popen'"),
-    ("model.heads.action", lambda m: spec.create("octo_like.model.heads:ContinuousActionHead", attack(m)),
-     "model.heads.action.args[0] names 'os:system'"),
-    # A project function that is not a component.
-    ("model.heads.action", lambda m: spec.create("octo_like.utils.files:write_text_atomically", str(m), "x"),
-     "model.heads.action names 'octo_like.utils.files:write_text_atomically'"),
-    # Outside the model section too: the whole file is data.
-    ("dataset.traj_transform_kwargs.text_tokenizer", attack, "dataset.traj_transform_kwargs.text_tokenizer names 'os:system'"),
-    # Spec-like mappings that are not well-formed specs.
-    ("model.heads.action", lambda m: {**attack(m), "extra": 1}, "model.heads.action is a malformed component spec"),
-    ("model.heads.action", lambda m: {"module": ["os"], "name": "system", "args": [f"touch {m}"]},
-     "model.heads.action is a malformed component spec"),
-    ("model.heads.action", lambda m: {"module": "os"}, "model.heads.action is a malformed component spec"),
-], ids=["dotted_os_system", "dotted_import_module", "os_path_join", "eval", "exec", "import_module", "nested_kwargs",
-        "nested_args", "project_function", "dataset_section", "extra_key", "non_string_module", "no_name"])
-def test_unregistered_or_malformed_specs_are_one_line_errors_naming_key_and_target(tmp_path, key_path, make_spec, expected):
+@pytest.mark.parametrize(
+    ("key_path", "make_spec", "expected"),
+    [
+        # Dotted attribute paths reach os.system through a registered module, or name a stdlib function.
+        (
+            "model.heads.action",
+            lambda m: {"module": "octo_like.policy.model", "name": "os.system", "args": [f"touch {m}"]},
+            "model.heads.action names 'octo_like.policy.model:os.system'",
+        ),
+        (
+            "model.heads.action",
+            lambda m: {
+                "module": "octo_like.model.heads",
+                "name": "spec.importlib.import_module",
+                "args": ["antigravity"],
+            },
+            "model.heads.action names 'octo_like.model.heads:spec.importlib.import_module'",
+        ),
+        (
+            "model.observation_tokenizers.primary",
+            lambda m: {"module": "os.path", "name": "join", "args": ["a", "b"]},
+            "model.observation_tokenizers.primary names 'os.path:join'",
+        ),
+        (
+            "model.heads.action",
+            lambda m: {"module": "builtins", "name": "eval", "args": [f"open('{m}', 'w')"]},
+            "model.heads.action names 'builtins:eval'",
+        ),
+        (
+            "model.task_tokenizers.goal",
+            lambda m: {"module": "builtins", "name": "exec", "args": [f"open('{m}', 'w')"]},
+            "model.task_tokenizers.goal names 'builtins:exec'",
+        ),
+        (
+            "model.heads.action",
+            lambda m: {"module": "importlib", "name": "import_module", "args": ["antigravity"]},
+            "model.heads.action names 'importlib:import_module'",
+        ),
+        # Nested in a registered head's kwargs, and in a list of args.
+        (
+            "model.heads.action",
+            lambda m: spec.create(
+                "octo_like.model.heads:ContinuousActionHead",
+                action_horizon=3,
+                action_dim=4,
+                loss_type={"module": "subprocess", "name": "Popen", "args": [["touch", str(m)]]},
+            ),
+            "model.heads.action.kwargs.loss_type names 'subprocess:Popen'",
+        ),
+        (
+            "model.heads.action",
+            lambda m: spec.create("octo_like.model.heads:ContinuousActionHead", attack(m)),
+            "model.heads.action.args[0] names 'os:system'",
+        ),
+        # A project function that is not a component.
+        (
+            "model.heads.action",
+            lambda m: spec.create("octo_like.utils.files:write_text_atomically", str(m), "x"),
+            "model.heads.action names 'octo_like.utils.files:write_text_atomically'",
+        ),
+        # Outside the model section too: the whole file is data.
+        (
+            "dataset.traj_transform_kwargs.text_tokenizer",
+            attack,
+            "dataset.traj_transform_kwargs.text_tokenizer names 'os:system'",
+        ),
+        # Spec-like mappings that are not well-formed specs.
+        ("model.heads.action", lambda m: {**attack(m), "extra": 1}, "model.heads.action is a malformed component spec"),
+        (
+            "model.heads.action",
+            lambda m: {"module": ["os"], "name": "system", "args": [f"touch {m}"]},
+            "model.heads.action is a malformed component spec",
+        ),
+        ("model.heads.action", lambda m: {"module": "os"}, "model.heads.action is a malformed component spec"),
+    ],
+    ids=[
+        "dotted_os_system",
+        "dotted_import_module",
+        "os_path_join",
+        "eval",
+        "exec",
+        "import_module",
+        "nested_kwargs",
+        "nested_args",
+        "project_function",
+        "dataset_section",
+        "extra_key",
+        "non_string_module",
+        "no_name",
+    ],
+)
+def test_unregistered_or_malformed_specs_are_one_line_errors_naming_key_and_target(
+    tmp_path, key_path, make_spec, expected
+):
     marker = tmp_path / "pwned"
     run_dir = release_with(tmp_path, key_path, make_spec(marker))
     with pytest.raises(InputError) as excinfo:
@@ -116,11 +184,15 @@ def test_a_registered_release_still_loads(tmp_path):
     assert model.config["model"]["heads"]["action"]["name"] == "ContinuousActionHead"
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("{not json", r"is not valid JSON \(Expecting property name enclosed in double quotes: line 1 column 2"),
-    ("[1, 2]", "holds a JSON list; expected a JSON object"),
-    ('{"dataset": {}}', "has no 'model' object"),
-], ids=["not_json", "array", "no_model"])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{not json", r"is not valid JSON \(Expecting property name enclosed in double quotes: line 1 column 2"),
+        ("[1, 2]", "holds a JSON list; expected a JSON object"),
+        ('{"dataset": {}}', "has no 'model' object"),
+    ],
+    ids=["not_json", "array", "no_model"],
+)
 def test_a_config_that_is_not_a_json_object_is_one_line(tmp_path, text, expected):
     run_dir = copy_release(tmp_path)
     (run_dir / "config.json").write_text(text)
@@ -147,9 +219,17 @@ def test_finetune_with_a_malicious_release_prints_one_error_line_and_exits_2(tmp
     marker = tmp_path / "pwned"
     run_dir = release_with(tmp_path, "model.heads.action", attack(marker))
     result = subprocess.run(
-        [sys.executable, "scripts/finetune.py", f"--pretrained={run_dir}",
-         "--config=experiments/configs/metaworld_scratch.py:l1", f"--config.run_dir={tmp_path / 'finetuned'}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "scripts/finetune.py",
+            f"--pretrained={run_dir}",
+            "--config=experiments/configs/metaworld_scratch.py:l1",
+            f"--config.run_dir={tmp_path / 'finetuned'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -42,8 +42,15 @@ def test_host_shards_are_disjoint_and_cover_the_split(synthetic_data_dir):
 
 def test_a_split_smaller_than_the_process_count(synthetic_data_dir):
     def episodes(train, shard_index, num_shards):
-        dataset, _ = make_dataset_from_rlds("synthetic_rlds/default", synthetic_data_dir, train=train, shuffle=False,
-                                            shard_index=shard_index, num_shards=num_shards, **KEYS)
+        dataset, _ = make_dataset_from_rlds(
+            "synthetic_rlds/default",
+            synthetic_data_dir,
+            train=train,
+            shuffle=False,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            **KEYS,
+        )
         return [t["action"].tobytes() for t in dataset.iterator()]  # a trajectory by its actions
 
     # The val split (the last 5% of train) holds one trajectory: each of 2 processes reads it whole.
@@ -52,8 +59,10 @@ def test_a_split_smaller_than_the_process_count(synthetic_data_dir):
     # Training cannot give each of 30 processes its own trajectory: one clear line.
     with pytest.raises(InputError) as excinfo:
         episodes(True, 0, 30)
-    assert str(excinfo.value) == ("dataset 'synthetic_rlds/default' split 'train[:95%]' holds 23 trajectories, "
-                                  "fewer than num_shards=30 (one shard per process); expected at least one per process")
+    assert str(excinfo.value) == (
+        "dataset 'synthetic_rlds/default' split 'train[:95%]' holds 23 trajectories, "
+        "fewer than num_shards=30 (one shard per process); expected at least one per process"
+    )
 
 
 def test_restructure_normalize_and_pad_missing_camera(synthetic_data_dir):
@@ -84,8 +93,12 @@ def test_restructure_normalize_and_pad_missing_camera(synthetic_data_dir):
 def test_train_and_val_splits_are_disjoint(synthetic_data_dir):
     def episodes(train):
         dataset, _ = make_dataset_from_rlds(
-            "synthetic_rlds/default", synthetic_data_dir, train=train, val_percent=25,
-            proprio_normalization_mask=[False] * DEFAULT_CONFIG.proprio_dim, **KEYS,
+            "synthetic_rlds/default",
+            synthetic_data_dir,
+            train=train,
+            val_percent=25,
+            proprio_normalization_mask=[False] * DEFAULT_CONFIG.proprio_dim,
+            **KEYS,
         )
         return {int(traj["observation"]["proprio"][0, 1]) for traj in dataset.iterator()}  # state[1] = episode
 

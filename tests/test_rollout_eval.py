@@ -4,13 +4,13 @@ logged beside the losses."""
 import json
 
 import pytest
+from test_train_scripts import run_script
 
 from data_pipelines.metaworld.builder import build
 from data_pipelines.metaworld.collect import CollectionSettings
 from octo_like.train.rollout_eval import check_rollout_eval_config
 from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
-from test_train_scripts import run_script
 
 CONFIG = "experiments/configs/metaworld_mt10.py:wrist=off"
 
@@ -19,7 +19,9 @@ def test_rollout_eval_is_off_by_default_and_a_bad_section_is_one_line():
     config = load_config(CONFIG).to_dict()
     check_rollout_eval_config(config)  # tasks unset: off
     config["rollout_eval"].update(tasks="reach", interval=750)
-    with pytest.raises(InputError, match=r"^rollout_eval.interval=750 is not a multiple of save_interval=500; expected rollouts"):
+    with pytest.raises(
+        InputError, match=r"^rollout_eval.interval=750 is not a multiple of save_interval=500; expected rollouts"
+    ):
         check_rollout_eval_config(config)
     config["rollout_eval"].update(tasks="reach,fly", interval=1000)
     with pytest.raises(InputError, match=r"unknown Meta-World task 'fly'"):
@@ -28,15 +30,31 @@ def test_rollout_eval_is_off_by_default_and_a_bad_section_is_one_line():
 
 def test_training_logs_the_success_of_saved_steps_beside_the_losses(tmp_path):
     data_dir = str(tmp_path / "data")
-    build(data_dir, "rollout", CollectionSettings(tasks=("reach-v3",), episodes_per_task=2, image_size=32), val_fraction=0.5,
-          workers=1)
+    build(
+        data_dir,
+        "rollout",
+        CollectionSettings(tasks=("reach-v3",), episodes_per_task=2, image_size=32),
+        val_fraction=0.5,
+        workers=1,
+    )
     run_dir = tmp_path / "run"
     result = run_script(
-        "train.py", f"--config={CONFIG}", "--config.dataset.mixture=metaworld/rollout", f"--config.dataset.data_dir={data_dir}",
-        f"--config.run_dir={run_dir}", "--config.num_steps=4", "--config.save_interval=2", "--config.log_interval=1",
-        "--config.eval_interval=4", "--config.eval_batches=1", "--config.dataset.batch_size=8",
-        "--config.dataset.shuffle_buffer_size=10", "--config.rollout_eval.tasks=reach", "--config.rollout_eval.episodes=2",
-        "--config.rollout_eval.interval=2", "--config.rollout_eval.max_episode_steps=6",
+        "train.py",
+        f"--config={CONFIG}",
+        "--config.dataset.mixture=metaworld/rollout",
+        f"--config.dataset.data_dir={data_dir}",
+        f"--config.run_dir={run_dir}",
+        "--config.num_steps=4",
+        "--config.save_interval=2",
+        "--config.log_interval=1",
+        "--config.eval_interval=4",
+        "--config.eval_batches=1",
+        "--config.dataset.batch_size=8",
+        "--config.dataset.shuffle_buffer_size=10",
+        "--config.rollout_eval.tasks=reach",
+        "--config.rollout_eval.episodes=2",
+        "--config.rollout_eval.interval=2",
+        "--config.rollout_eval.max_episode_steps=6",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rollout evaluation of step 4: mean success 0.00 (2 episodes per task)" in result.stdout

@@ -10,15 +10,15 @@ CONFIG = "experiments/configs/synthetic.py:default"
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_inspect_data_prints_statistics_batch_and_throughput(synthetic_data_dir):
     result = run_script(
-        "scripts/inspect_data.py", f"--config={CONFIG}",
-        f"--config.dataset.data_dir={synthetic_data_dir}", "--seconds=0.2",
+        "scripts/inspect_data.py",
+        f"--config={CONFIG}",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        "--seconds=0.2",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -27,15 +27,18 @@ def test_inspect_data_prints_statistics_batch_and_throughput(synthetic_data_dir)
     assert "observation/image_primary" in out and "uint8" in out
     assert "action " in out or "action  " in out
     assert "task/language_instruction" in out
-    throughput = json.loads(out[out.index("{"):])
+    throughput = json.loads(out[out.index("{") :])
     assert set(throughput) == {"trajectories_per_s", "frames_per_s", "batches_per_s"}
     assert all(rate > 0 for rate in throughput.values())
 
 
 def test_bench_data_reports_parallel_and_serial_side_by_side(synthetic_data_dir):
     result = run_script(
-        "scripts/bench.py", "data", f"--config={CONFIG}",
-        f"--config.dataset.data_dir={synthetic_data_dir}", "--seconds=0.2",
+        "scripts/bench.py",
+        "data",
+        f"--config={CONFIG}",
+        f"--config.dataset.data_dir={synthetic_data_dir}",
+        "--seconds=0.2",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -64,7 +67,9 @@ def test_unknown_variant_and_benchmark_fail_in_one_line():
     assert len(result.stderr.strip().splitlines()) == 1 and "one of: data" in result.stderr
     result = run_script("scripts/bench.py", "train", f"--config={CONFIG}", "--compute_dtypes=float32,float16")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: --compute_dtypes entry 'float16'; expected one of float32, bfloat16"]
+    assert result.stderr.strip().splitlines() == [
+        "error: --compute_dtypes entry 'float16'; expected one of float32, bfloat16"
+    ]
     result = run_script("scripts/bench.py", "checkpoint", f"--config={CONFIG}", "--repeats=0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --repeats=0; expected an integer >= 1"]
@@ -74,9 +79,12 @@ def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
     result = run_script("scripts/bench.py", "decode", "--gemma_size=huge")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --gemma_size=huge --dtype=float32; expected one of tiny, 2B and float32 or bfloat16"]
+        "error: --gemma_size=huge --dtype=float32; expected one of tiny, 2B and float32 or bfloat16"
+    ]
     result = run_script("scripts/bench.py", "flow", "--euler_steps=0")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--euler_steps=0" in result.stderr
+    assert (
+        result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--euler_steps=0" in result.stderr
+    )
     result = run_script("scripts/fit_fast.py", f"--config={CONFIG}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --config and --output_dir are required"]

@@ -19,7 +19,10 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "siglip_vision")
 def max_differences(directory):
     reference = np.load(os.path.join(FIXTURE, "reference.npz"))
     outputs = load_siglip_vision(directory).encode_image(reference["pixels"])
-    return {key: float(np.abs(np.asarray(outputs[key]) - reference[key]).max()) for key in ("last_hidden_state", "pooler_output")}
+    return {
+        key: float(np.abs(np.asarray(outputs[key]) - reference[key]).max())
+        for key in ("last_hidden_state", "pooler_output")
+    }
 
 
 def test_outputs_match_transformers_in_float32():
@@ -44,7 +47,9 @@ def test_transformers_4_names_and_a_full_siglip_model_load_the_same_tower(tmp_pa
     assert all(difference <= 1e-4 for difference in max_differences(directory).values())
     shutil.rmtree(directory)
     directory = copy_with_tensors(
-        tmp_path, lambda name: f"vision_model.{name}", extra={"text_model.head.weight": np.zeros((2, 2), np.float32)},
+        tmp_path,
+        lambda name: f"vision_model.{name}",
+        extra={"text_model.head.weight": np.zeros((2, 2), np.float32)},
         config_update=lambda config: {"model_type": "siglip", "vision_config": config},
     )
     assert all(difference <= 1e-4 for difference in max_differences(directory).values())

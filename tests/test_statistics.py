@@ -145,7 +145,9 @@ def test_cache_is_reused_without_iterating(tmp_path, trajs):
 
 
 def test_different_deps_or_force_recompute_recompute(tmp_path, trajs):
-    statistics_lib.compute_dataset_statistics(CountingDataset(trajs).dlataset(), ["a"], str(tmp_path), show_progress=False)
+    statistics_lib.compute_dataset_statistics(
+        CountingDataset(trajs).dlataset(), ["a"], str(tmp_path), show_progress=False
+    )
 
     other = CountingDataset(trajs[:2])
     stats_b = statistics_lib.compute_dataset_statistics(other.dlataset(), ["b"], str(tmp_path), show_progress=False)
@@ -165,9 +167,7 @@ def test_different_deps_or_force_recompute_recompute(tmp_path, trajs):
         CountingDataset(trajs, fail=True).dlataset(), ["a"], str(tmp_path), show_progress=False
     )
     assert_statistics_equal(stats_forced, reloaded)
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        statistics_lib.cache_filename(d) for d in (["a"], ["b"])
-    )
+    assert sorted(os.listdir(tmp_path)) == sorted(statistics_lib.cache_filename(d) for d in (["a"], ["b"]))
 
 
 def test_unwritable_cache_dir_falls_back_to_home(tmp_path, monkeypatch, trajs):
@@ -227,10 +227,24 @@ def test_load_statistics_errors(tmp_path):
 @pytest.mark.parametrize(
     "feature, trajectory, step, dims, value, message",
     [
-        ("action", 1, 4, (3, 2), np.nan, "action dimension 2 has 1 non-finite value(s) in 28 steps "
-                                         "(first: nan at step 4 of trajectory 1 in reading order)"),
-        ("proprio", 2, 0, (1,), np.inf, "proprio dimension 1 has 1 non-finite value(s) in 28 steps "
-                                        "(first: inf at step 0 of trajectory 2 in reading order)"),
+        (
+            "action",
+            1,
+            4,
+            (3, 2),
+            np.nan,
+            "action dimension 2 has 1 non-finite value(s) in 28 steps "
+            "(first: nan at step 4 of trajectory 1 in reading order)",
+        ),
+        (
+            "proprio",
+            2,
+            0,
+            (1,),
+            np.inf,
+            "proprio dimension 1 has 1 non-finite value(s) in 28 steps "
+            "(first: inf at step 0 of trajectory 2 in reading order)",
+        ),
     ],
 )
 def test_non_finite_data_fails_with_one_line_and_caches_nothing(
@@ -264,7 +278,9 @@ def test_cached_non_finite_statistics_are_refused_and_replaced(tmp_path, trajs):
     assert str(error.value) == f"dataset statistics file '{path}' holds a non-finite value (action.mean[1] = nan)"
 
     source = CountingDataset(trajs)
-    recomputed = statistics_lib.compute_dataset_statistics(source.dlataset(), ["cached"], str(tmp_path), show_progress=False)
+    recomputed = statistics_lib.compute_dataset_statistics(
+        source.dlataset(), ["cached"], str(tmp_path), show_progress=False
+    )
     assert source.calls == 1
     assert_statistics_equal(stats, recomputed)
     assert "NaN" not in path.read_text()

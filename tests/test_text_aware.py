@@ -11,18 +11,21 @@ import pytest
 
 from octo_like.hf.clip import load_clip
 from octo_like.model.heads import head_spec
-from octo_like.model.policy import PolicyModel, with_normalization_settings
 from octo_like.model.text_aware import Temperature, TextAwareImageTokenizer, select_patches, sincos_positions_2d
 from octo_like.model.tokenizers import ProprioTokenizer
+from octo_like.policy.model import PolicyModel
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
 from octo_like.train.step import make_train_step
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
+from octo_like.utils.normalization import with_normalization_settings
 from octo_like.utils.text import FixedLengthTokenizer
 
 CLIP_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "clip_tiny")
-OTTER_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs", "otter_metaworld.py")
+OTTER_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs", "otter_metaworld.py"
+)
 B, T, H, A, P, L = 2, 2, 3, 4, 4, 12
 INSTRUCTIONS = ["open the drawer", "push the mug to the left"]
 
@@ -31,14 +34,14 @@ def reference_selection(text_BLD, mask_BL, patches_BND, position_ND, temperature
     """The selection math written out with numpy loops, one token at a time."""
     selected = np.zeros_like(text_BLD)
     for b in range(text_BLD.shape[0]):
-        for l in range(text_BLD.shape[1]):
-            if not mask_BL[b, l]:
+        for token in range(text_BLD.shape[1]):
+            if not mask_BL[b, token]:
                 continue
-            t = text_BLD[b, l] / np.linalg.norm(text_BLD[b, l])
+            t = text_BLD[b, token] / np.linalg.norm(text_BLD[b, token])
             cosines = np.array([t @ (p / np.linalg.norm(p)) for p in patches_BND[b]])
             weights = np.exp(cosines / temperature - np.max(cosines / temperature))
             weights /= weights.sum()
-            selected[b, l] = sum(w * (p + q) for w, p, q in zip(weights, patches_BND[b], position_ND))
+            selected[b, token] = sum(w * (p + q) for w, p, q in zip(weights, patches_BND[b], position_ND))
     return selected
 
 
@@ -52,7 +55,10 @@ def test_selection_matches_the_numpy_reference():
     np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-6)
     # A low temperature picks the most similar patch: the selection is that patch (plus its position).
     sharp, _ = select_patches(text, mask, patches, position, 1e-3)
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
     best = np.argmax(np.einsum("ld,nd->ln", unit(text[0]), unit(patches[0])), axis=1)
     np.testing.assert_allclose(sharp[0, :3], (patches[0] + position)[best[:3]], atol=1e-4)
 
@@ -85,8 +91,9 @@ def policy_config(selection="text_aware", clip_dir=CLIP_DIR, language_encoder="c
     return {
         "model": {
             "observation_tokenizers": {
-                "primary": spec.create(TextAwareImageTokenizer, camera="primary", num_tokens=3, width=32,
-                                       num_heads=2, selection=selection),
+                "primary": spec.create(
+                    TextAwareImageTokenizer, camera="primary", num_tokens=3, width=32, num_heads=2, selection=selection
+                ),
                 "proprio": spec.create(ProprioTokenizer, mode="linear", token_dim=16),
             },
             "task_tokenizers": {},
@@ -117,8 +124,12 @@ def example_batch(texts=INSTRUCTIONS, seed=0):
     }
 
 
-STATISTICS = {"toy": with_normalization_settings(
-    {"action": {"mean": np.zeros(A), "std": np.ones(A)}, "proprio": {"mean": np.zeros(P), "std": np.ones(P)}}, "normal")}
+STATISTICS = {
+    "toy": with_normalization_settings(
+        {"action": {"mean": np.zeros(A), "std": np.ones(A)}, "proprio": {"mean": np.zeros(P), "std": np.ones(P)}},
+        "normal",
+    )
+}
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +148,17 @@ def _obs_group(module, observation, task):
     ids = task["language_instruction"]["input_ids"]
     mask = task["language_instruction"]["attention_mask"].astype(bool)
     language = TokenGroup(module.clip.encode_text(ids, mask.astype(jnp.int32))["token_embeds"], mask)
-    return module.observation_tokenizer_modules["primary"](observation, task, train=False, language=language, clip=module.clip)
+    return module.observation_tokenizer_modules["primary"](
+        observation, task, train=False, language=language, clip=module.clip
+    )
 
 
 def test_policy_holds_the_pretrained_clip_and_records_its_architecture(model):
     pretrained = load_clip(CLIP_DIR).params
     for tower in ("vision_model", "text_model", "visual_projection", "text_projection"):
-        for got, want in zip(jax.tree_util.tree_leaves(model.params["clip"][tower]), jax.tree_util.tree_leaves(pretrained[tower])):
+        for got, want in zip(
+            jax.tree_util.tree_leaves(model.params["clip"][tower]), jax.tree_util.tree_leaves(pretrained[tower])
+        ):
             np.testing.assert_array_equal(got, want)
     assert model.config["model"]["clip"]["config"]["vision"]["image_size"] == 32
     assert model.config["model"]["clip"]["config"]["projection_dim"] == 24
@@ -166,7 +181,9 @@ def test_clip_gets_no_gradient_and_the_optimizer_never_changes_it(model):
     state = TrainState.create(model.params, optimizer, jax.random.key(2))
     new_state, _ = step(state, batch)
     new_state, _ = step(new_state, batch)
-    for got, want in zip(jax.tree_util.tree_leaves(new_state.params["clip"]), jax.tree_util.tree_leaves(model.params["clip"])):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(new_state.params["clip"]), jax.tree_util.tree_leaves(model.params["clip"])
+    ):
         np.testing.assert_array_equal(got, want)
     moved = jax.tree_util.tree_leaves(new_state.params["observation_tokenizer_modules_primary"]["pooler"])
     before = jax.tree_util.tree_leaves(model.params["observation_tokenizer_modules_primary"]["pooler"])
@@ -180,7 +197,10 @@ def test_text_aware_tokens_follow_the_instruction_and_the_ablation_ignores_it(mo
     assert float(np.abs(first.tokens - swapped.tokens).max()) > 1e-3
 
     pooled = PolicyModel.create(policy_config("pooled"), example_batch(), STATISTICS, jax.random.key(0))
-    a, b = primary_tokens(pooled, example_batch(INSTRUCTIONS)), primary_tokens(pooled, example_batch(INSTRUCTIONS[::-1]))
+    a, b = (
+        primary_tokens(pooled, example_batch(INSTRUCTIONS)),
+        primary_tokens(pooled, example_batch(INSTRUCTIONS[::-1])),
+    )
     assert a.tokens.shape == (B, T, 1, 32)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert "pooler" not in pooled.params["observation_tokenizer_modules_primary"]
@@ -203,7 +223,8 @@ def test_release_rebuilds_without_the_clip_checkpoint(tmp_path):
     batch = example_batch()
     np.testing.assert_allclose(
         loaded.sample_actions(batch["observation"], batch["task"], rng=jax.random.key(3)),
-        model.sample_actions(batch["observation"], batch["task"], rng=jax.random.key(3)), atol=1e-6,
+        model.sample_actions(batch["observation"], batch["task"], rng=jax.random.key(3)),
+        atol=1e-6,
     )
 
 

@@ -17,19 +17,33 @@ CONFIG = "experiments/configs/octo_scratch.py:tiny"
 
 
 def run_script(script, *args):
-    return subprocess.run([sys.executable, f"scripts/{script}", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, f"scripts/{script}", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
 
 
 def small_run(data_dir, run_dir, *extra):
-    return [f"--config.dataset.data_dir={data_dir}", f"--config.run_dir={run_dir}", "--config.num_steps=4",
-            "--config.log_interval=2", "--config.eval_interval=4", "--config.eval_batches=1",
-            "--config.save_interval=4", "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20", *extra]
+    return [
+        f"--config.dataset.data_dir={data_dir}",
+        f"--config.run_dir={run_dir}",
+        "--config.num_steps=4",
+        "--config.log_interval=2",
+        "--config.eval_interval=4",
+        "--config.eval_batches=1",
+        "--config.save_interval=4",
+        "--config.dataset.batch_size=8",
+        "--config.dataset.shuffle_buffer_size=20",
+        *extra,
+    ]
 
 
 def pretraining(data_dir, run_dir):
-    return [f"--config={CONFIG}", *small_run(data_dir, run_dir, "--config.num_steps=40", "--config.save_interval=10",
-                                             "--config.eval_interval=20")]
+    return [
+        f"--config={CONFIG}",
+        *small_run(
+            data_dir, run_dir, "--config.num_steps=40", "--config.save_interval=10", "--config.eval_interval=20"
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +58,14 @@ def pretrained(synthetic_data_dir, tmp_path_factory):
 
 def test_train_writes_the_release_format_and_metrics(pretrained):
     names = {path.name for path in pretrained.iterdir()}
-    assert {"config.json", "dataset_statistics.json", "example_batch.msgpack", "metrics.jsonl", "loss.png", "tensorboard"} <= names
+    assert {
+        "config.json",
+        "dataset_statistics.json",
+        "example_batch.msgpack",
+        "metrics.jsonl",
+        "loss.png",
+        "tensorboard",
+    } <= names
     assert sorted(int(name) for name in names if name.isdigit()) == [10, 20, 30, 40]
     records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train/loss" in r]
@@ -56,33 +77,50 @@ def test_train_writes_the_release_format_and_metrics(pretrained):
     assert statistics["synthetic_rlds/default"]["proprio"]["obs_key"] == "state"  # where inference reads the proprio
 
 
-def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head(pretrained, synthetic_data_dir, tmp_path):
-    from octo_like.model.policy import PolicyModel
+def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head(
+    pretrained, synthetic_data_dir, tmp_path
+):
+    from octo_like.policy.model import PolicyModel
 
     run_dir = tmp_path / "finetuned"
     result = run_script(
-        "finetune.py", f"--pretrained={pretrained}", f"--config={CONFIG}", "--mode=head_mlp_only",
-        *small_run(synthetic_data_dir, run_dir, "--config.dataset.mixture=synthetic_rlds/no_wrist",
-                   "--config.model.heads.action.kwargs.action_dim=2"),
+        "finetune.py",
+        f"--pretrained={pretrained}",
+        f"--config={CONFIG}",
+        "--mode=head_mlp_only",
+        *small_run(
+            synthetic_data_dir,
+            run_dir,
+            "--config.dataset.mixture=synthetic_rlds/no_wrist",
+            "--config.model.heads.action.kwargs.action_dim=2",
+        ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(("loaded", "new", "dropped"))}
+    lines = {
+        line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(("loaded", "new", "dropped"))
+    }
     assert "block_transformer" in lines["loaded"] and "head_modules_action" in lines["new"]
     assert lines["dropped"].startswith("dropped: 0 arrays")  # a reshaped head is new, not dropped
     before, after = PolicyModel.load_pretrained(str(pretrained)), PolicyModel.load_pretrained(str(run_dir))
-    np.testing.assert_array_equal(after.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
-                                  before.params["block_transformer"]["block_0"]["mlp_out"]["kernel"])
+    np.testing.assert_array_equal(
+        after.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
+        before.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
+    )
     assert after.example_batch["action"].shape[-1] == 2
 
 
 def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synthetic_data_dir, tmp_path):
     result = run_script(
-        "finetune.py", f"--pretrained={pretrained}", f"--config={CONFIG}",
+        "finetune.py",
+        f"--pretrained={pretrained}",
+        f"--config={CONFIG}",
         *small_run(synthetic_data_dir, tmp_path / "bad", "--config.model.heads.action.kwargs.action_dim=5"),
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1] == "error: model.heads.action.kwargs.action_dim=5 disagrees with the dataset's 7-d actions", result.stderr[-2000:]
+    assert lines[-1] == "error: model.heads.action.kwargs.action_dim=5 disagrees with the dataset's 7-d actions", (
+        result.stderr[-2000:]
+    )
 
 
 def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthetic_data_dir, tmp_path, pretrained):
@@ -91,14 +129,21 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     same command run in one go (`pretrained`) ends: restored parameters, optimizer state, step and
     rng, and the data stream replayed to the resumed step. (A SIGTERM saves the step it is on and
     resumes through the same path; tests/test_distributed.py stops a run that way.)"""
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "scripts/train.py", *pretraining(synthetic_data_dir, run_dir)], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "scripts/train.py", *pretraining(synthetic_data_dir, run_dir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     while not (run_dir / "10").is_dir():
-        assert process.poll() is None and time.time() < deadline, "training ended or stalled before its first checkpoint"
+        assert process.poll() is None and time.time() < deadline, (
+            "training ended or stalled before its first checkpoint"
+        )
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=600)
@@ -115,19 +160,24 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     assert [record["step"] for record in records if "train/loss" in record] == list(range(2, 41, 2))
 
     ours, reference = PolicyModel.load_pretrained(str(run_dir)), PolicyModel.load_pretrained(str(pretrained))
-    for (path, value), (_, expected) in zip(jax.tree_util.tree_leaves_with_path(ours.params),
-                                            jax.tree_util.tree_leaves_with_path(reference.params), strict=True):
+    for (path, value), (_, expected) in zip(
+        jax.tree_util.tree_leaves_with_path(ours.params),
+        jax.tree_util.tree_leaves_with_path(reference.params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(value, expected, err_msg=jax.tree_util.keystr(path))
 
 
 def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrained, synthetic_data_dir, tmp_path):
     """Before: resume fell back to step 30, retrained, then orbax declined to save step 40 (not newer
     than the damaged 40 on disk) while the run printed "checkpoint step 40"."""
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     run_dir = tmp_path / "damaged"
     shutil.copytree(pretrained, run_dir)
-    largest = max((path for path in (run_dir / "40" / "state").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+    largest = max(
+        (path for path in (run_dir / "40" / "state").rglob("*") if path.is_file()), key=lambda path: path.stat().st_size
+    )
     largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])  # a half-copied file
 
     resumed = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
@@ -137,13 +187,16 @@ def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrain
     assert (run_dir / "damaged_steps" / "40" / "state").is_dir() and (run_dir / "40" / "checksums").is_dir()
     # The rewritten step is the one the uninterrupted run saved, bit for bit (exact resume).
     ours, reference = PolicyModel.load_pretrained(str(run_dir), step=40), PolicyModel.load_pretrained(str(pretrained))
-    for value, expected in zip(jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(reference.params), strict=True):
+    for value, expected in zip(
+        jax.tree_util.tree_leaves(ours.params), jax.tree_util.tree_leaves(reference.params), strict=True
+    ):
         np.testing.assert_array_equal(value, expected)
 
 
 def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_data_dir):
-    result = run_script("train.py", f"--config={CONFIG}",
-                        *small_run(synthetic_data_dir, pretrained, "--config.model.readouts.action=2"))
+    result = run_script(
+        "train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, pretrained, "--config.model.readouts.action=2")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
@@ -156,32 +209,47 @@ def test_resuming_under_another_schedule_fails_in_one_line(pretrained, synthetic
     result = run_script("train.py", *pretraining_flags, "--config.num_steps=60")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: run directory '{pretrained}' was trained with num_steps=40, not 60: resuming would continue under another "
-        "learning-rate schedule; expected the same settings, or a new --config.run_dir (scripts/finetune.py starts a new run "
+        f"error: run directory '{pretrained}' was trained with num_steps=40, not 60: resuming would continue "
+        "under another "
+        "learning-rate schedule; expected the same settings, or a new --config.run_dir (scripts/finetune.py "
+        "starts a new run "
         "from a checkpoint)"
     )
     result = run_script("train.py", *pretraining_flags, "--config.optimizer.warmup_steps=7")
-    assert result.returncode == 2 and "was trained with optimizer.warmup_steps=" in result.stderr.strip().splitlines()[-1]
+    assert (
+        result.returncode == 2 and "was trained with optimizer.warmup_steps=" in result.stderr.strip().splitlines()[-1]
+    )
 
 
 def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(synthetic_data_dir, tmp_path):
     from octo_like.hf.clip import load_clip
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     clip_dir = os.path.join(REPO_ROOT, "tests", "fixtures", "clip_tiny")  # 32x32 images, its own BPE tokenizer
     run_dir = tmp_path / "otter"
     result = run_script(
-        "train.py", "--config=experiments/configs/otter_metaworld.py:text_aware,l1",
-        *small_run(synthetic_data_dir, run_dir, "--config.num_steps=2", "--config.save_interval=2",
-                   "--config.eval_interval=2", "--config.log_interval=1"),
-        f"--config.clip_checkpoint={clip_dir}", "--config.dataset.mixture=synthetic",
+        "train.py",
+        "--config=experiments/configs/otter_metaworld.py:text_aware,l1",
+        *small_run(
+            synthetic_data_dir,
+            run_dir,
+            "--config.num_steps=2",
+            "--config.save_interval=2",
+            "--config.eval_interval=2",
+            "--config.log_interval=1",
+        ),
+        f"--config.clip_checkpoint={clip_dir}",
+        "--config.dataset.mixture=synthetic",
         "--config.dataset.frame_transform_kwargs.resize_size.primary=(32,32)",
         "--config.dataset.frame_transform_kwargs.resize_size.wrist=(32,32)",
         "--config.model.heads.action.kwargs.action_dim=7",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"]["clip"]["checkpoint"] == clip_dir and config["model"]["clip"]["config"]["vision"]["image_size"] == 32
+    assert (
+        config["model"]["clip"]["checkpoint"] == clip_dir
+        and config["model"]["clip"]["config"]["vision"]["image_size"] == 32
+    )
     # The checkpoint's tokenizer (not MiniLM's, whose ids start with [CLS] = 101) tokenized the data,
     # and travels with the release.
     assert (run_dir / "tokenizer.json").read_bytes() == open(os.path.join(clip_dir, "tokenizer.json"), "rb").read()
@@ -191,5 +259,7 @@ def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(syntheti
     # Frozen through training: the release holds the checkpoint's weights.
     pretrained = load_clip(clip_dir).params
     for tower in ("vision_model", "text_model"):
-        for got, want in zip(jax.tree_util.tree_leaves(model.params["clip"][tower]), jax.tree_util.tree_leaves(pretrained[tower])):
+        for got, want in zip(
+            jax.tree_util.tree_leaves(model.params["clip"][tower]), jax.tree_util.tree_leaves(pretrained[tower])
+        ):
             np.testing.assert_array_equal(got, want)

@@ -24,9 +24,15 @@ def mlp_loss(params, batch, rng, train):
 
 def setup(seed=0, batch_size=16):
     rng = np.random.default_rng(seed)
-    params = {"w1": rng.normal(size=(6, 32)).astype(np.float32) * 0.3, "b1": np.zeros(32, np.float32),
-              "w2": rng.normal(size=(32, 2)).astype(np.float32) * 0.3}
-    batch = {"x": rng.normal(size=(batch_size, 6)).astype(np.float32), "y": rng.normal(size=(batch_size, 2)).astype(np.float32)}
+    params = {
+        "w1": rng.normal(size=(6, 32)).astype(np.float32) * 0.3,
+        "b1": np.zeros(32, np.float32),
+        "w2": rng.normal(size=(32, 2)).astype(np.float32) * 0.3,
+    }
+    batch = {
+        "x": rng.normal(size=(batch_size, 6)).astype(np.float32),
+        "y": rng.normal(size=(batch_size, 2)).astype(np.float32),
+    }
     return jax.tree_util.tree_map(jnp.asarray, params), batch
 
 
@@ -52,13 +58,21 @@ def test_four_micro_batches_equal_one_big_batch(optimizer):
 def test_accumulation_on_a_mesh_spreads_every_micro_batch_over_all_devices():
     params, batch = setup(batch_size=64)
     optimizer = optax.sgd(0.1)
-    reference_state, _ = make_train_step(mlp_loss, optimizer, donate=False)(TrainState.create(params, optimizer, jax.random.key(0)), batch)
+    reference_state, _ = make_train_step(mlp_loss, optimizer, donate=False)(
+        TrainState.create(params, optimizer, jax.random.key(0)), batch
+    )
 
     mesh = make_mesh(data=2, fsdp=4)
     state = shard_params(TrainState.create(params, optimizer, jax.random.key(0)), mesh, fsdp_min_size=64)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    step = make_train_step(mlp_loss, optimizer, grad_accumulation_steps=4, donate=False, state_shardings=shardings,
-                           batch_sharding=batch_sharding(mesh))
+    step = make_train_step(
+        mlp_loss,
+        optimizer,
+        grad_accumulation_steps=4,
+        donate=False,
+        state_shardings=shardings,
+        batch_sharding=batch_sharding(mesh),
+    )
     with jax.set_mesh(mesh):
         new_state, _ = step(state, shard_batch(batch, mesh))
         lowered = step.lower(state, shard_batch(batch, mesh)).as_text()
@@ -80,7 +94,11 @@ def test_bf16_compute_keeps_float32_parameters_and_optimizer_state():
     step = make_train_step(mlp_loss, optimizer, compute_dtype=jnp.bfloat16, donate=False)
     new_state, metrics = step(state, batch)
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new_state.params))
-    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new_state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating))
+    assert all(
+        x.dtype == jnp.float32
+        for x in jax.tree_util.tree_leaves(new_state.opt_state)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    )
     reference, _ = make_train_step(mlp_loss, optimizer, donate=False)(state, batch)
     # bf16 has an 8-bit mantissa: the step agrees with fp32 to about 1e-2 relative.
     np.testing.assert_allclose(metrics["loss"], mlp_loss(params, batch, None, True)[0], rtol=2e-2)

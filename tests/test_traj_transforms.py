@@ -126,7 +126,12 @@ def test_apply_trajectory_transforms_filters_large_actions_and_tokenizes():
         window_size=2,
         action_horizon=3,
         max_action=400.0,
-        text_tokenizer={"module": "octo_like.data.language", "name": "TextTokenizer", "args": [], "kwargs": {"max_length": 8}},
+        text_tokenizer={
+            "module": "octo_like.data.language",
+            "name": "TextTokenizer",
+            "args": [],
+            "kwargs": {"max_length": 8},
+        },
     )
     results = list(out.iterator())
     assert len(results) == 1 and results[0]["action"].shape == (4, 2, 3, ACTION_DIM)

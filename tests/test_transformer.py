@@ -220,9 +220,7 @@ def test_dropout_keeps_the_attention_rules(model_and_variables, apply):
     _, variables = model_and_variables
     model = BlockTransformer(**MODEL, dropout_rate=0.1, attention_dropout_rate=0.5)
     run = jax.jit(
-        lambda task, obs: model.apply(
-            variables, task, obs, READOUTS, train=True, rngs={"dropout": jax.random.key(1)}
-        )
+        lambda task, obs: model.apply(variables, task, obs, READOUTS, train=True, rngs={"dropout": jax.random.key(1)})
     )
     task, obs = make_inputs()
     _, obs_out, readout_out = run(task, obs)
@@ -244,9 +242,26 @@ def test_dropout_keeps_the_attention_rules(model_and_variables, apply):
         (lambda task, obs, r: (dict(task, goal=TokenGroup(jnp.ones((B, 4)), jnp.ones((B,), bool))), obs, r), "'goal'"),
         (lambda task, obs, r: (task, {}, r), "obs_groups"),
         (lambda task, obs, r: (task, obs, dict(r, action=0)), "'action'"),
-        (lambda task, obs, r: (task, {"image": TokenGroup(jnp.ones((B, 5, 2, 6)), jnp.ones((B, 5, 2), bool))}, r), "T=5"),
-        (lambda task, obs, r: (task, dict(obs, wrist=TokenGroup(jnp.ones((B, 2, 2, 6)), jnp.ones((B, 2, 2), bool))), r), "count T"),
-        (lambda task, obs, r: (task, dict(obs, wrist=TokenGroup(jnp.ones((B + 1, T, 2, 6)), jnp.ones((B + 1, T, 2), bool))), r), "batch size"),
+        (
+            lambda task, obs, r: (task, {"image": TokenGroup(jnp.ones((B, 5, 2, 6)), jnp.ones((B, 5, 2), bool))}, r),
+            "T=5",
+        ),
+        (
+            lambda task, obs, r: (
+                task,
+                dict(obs, wrist=TokenGroup(jnp.ones((B, 2, 2, 6)), jnp.ones((B, 2, 2), bool))),
+                r,
+            ),
+            "count T",
+        ),
+        (
+            lambda task, obs, r: (
+                task,
+                dict(obs, wrist=TokenGroup(jnp.ones((B + 1, T, 2, 6)), jnp.ones((B + 1, T, 2), bool))),
+                r,
+            ),
+            "batch size",
+        ),
     ],
 )
 def test_bad_inputs_raise_input_error(change, message):
@@ -266,7 +281,9 @@ def test_named_sizes_have_the_expected_block_parameter_count(size):
     config = TRANSFORMER_SIZES[size]
     task, obs = make_inputs()
     shapes = jax.eval_shape(
-        lambda: BlockTransformer(**config, num_timesteps_max=T).init(jax.random.key(0), task, obs, READOUTS, train=False)
+        lambda: BlockTransformer(**config, num_timesteps_max=T).init(
+            jax.random.key(0), task, obs, READOUTS, train=False
+        )
     )
     blocks = {k: v for k, v in shapes["params"].items() if k.startswith("block_")}
     width, hidden = config["token_dim"], config["mlp_dim"]

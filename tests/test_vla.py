@@ -15,35 +15,54 @@ import tokenizers
 
 from octo_like.hf.paligemma import load_paligemma
 from octo_like.model.action_tokens import fit_fast
-from octo_like.model.policy import PolicyModel, with_normalization_settings
-from octo_like.model.vla import VLA_SIZES, fast_chunks, make_vla_network, resolve_vla_config
+from octo_like.model.vla import VLA_SIZES, fast_chunks, make_vla_network
+from octo_like.policy.build import resolve_vla_config
+from octo_like.policy.model import PolicyModel
 from octo_like.train.mesh import VLA_FSDP_RULES, make_mesh, param_shardings
 from octo_like.train.optim import make_optimizer
 from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
+from octo_like.utils.normalization import with_normalization_settings
 from octo_like.utils.text import FixedLengthTokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PALIGEMMA = os.path.join(REPO_ROOT, "tests", "fixtures", "paligemma_tiny")
 CONFIGS = os.path.join(REPO_ROOT, "experiments", "configs")
-STATISTICS = {"metaworld/fake": with_normalization_settings(
-    {"action": {"mean": np.zeros(4), "std": np.ones(4)}, "proprio": {"mean": np.zeros(4), "std": np.ones(4)}}, "normal")}
+STATISTICS = {
+    "metaworld/fake": with_normalization_settings(
+        {"action": {"mean": np.zeros(4), "std": np.ones(4)}, "proprio": {"mean": np.zeros(4), "std": np.ones(4)}},
+        "normal",
+    )
+}
 
 
 def metaworld_like_batch(batch=4, image_size=64, tokenizer=None, seed=0):
     """The batch contract as the vla configs read Meta-World: window 1, two cameras, 4-d proprio, chunks of 4 x 4."""
     rng = np.random.default_rng(seed)
     tokenizer = tokenizer or FixedLengthTokenizer(None, 24)
-    images = {f"image_{camera}": rng.integers(0, 255, (batch, 1, image_size, image_size, 3), dtype=np.uint8)
-              for camera in ("primary", "wrist")}
-    observation = {**images, "proprio": rng.normal(size=(batch, 1, 4)).astype(np.float32),
-                   "timestep": np.zeros((batch, 1), np.int32), "timestep_pad_mask": np.ones((batch, 1), bool),
-                   "pad_mask_dict": {key: np.ones((batch, 1), bool) for key in [*images, "proprio"]}}
+    images = {
+        f"image_{camera}": rng.integers(0, 255, (batch, 1, image_size, image_size, 3), dtype=np.uint8)
+        for camera in ("primary", "wrist")
+    }
+    observation = {
+        **images,
+        "proprio": rng.normal(size=(batch, 1, 4)).astype(np.float32),
+        "timestep": np.zeros((batch, 1), np.int32),
+        "timestep_pad_mask": np.ones((batch, 1), bool),
+        "pad_mask_dict": {key: np.ones((batch, 1), bool) for key in [*images, "proprio"]},
+    }
     texts = ["open the drawer", "press the button", "reach the goal", "close the drawer"]
-    task = {"language_instruction": tokenizer([texts[i % 4] for i in range(batch)]),
-            "pad_mask_dict": {"language_instruction": np.ones(batch, bool)}}
+    task = {
+        "language_instruction": tokenizer([texts[i % 4] for i in range(batch)]),
+        "pad_mask_dict": {"language_instruction": np.ones(batch, bool)},
+    }
     actions = np.clip(rng.normal(size=(batch, 1, 4, 4)) * 0.5, -0.99, 0.99).astype(np.float32)
-    return {"observation": observation, "task": task, "action": actions, "action_pad_mask": np.ones(actions.shape, bool)}
+    return {
+        "observation": observation,
+        "task": task,
+        "action": actions,
+        "action_pad_mask": np.ones(actions.shape, bool),
+    }
 
 
 def vla_config(config_arg, **action):
@@ -54,7 +73,9 @@ def vla_config(config_arg, **action):
 
 def train(model, batch, steps, learning_rate=1e-3):
     """Adam on one batch through the optimizer the trainer builds (frozen keys included)."""
-    optimizer, _ = make_optimizer(model.params, {"learning_rate": learning_rate, "decay": "constant"}, steps, model.frozen_keys)
+    optimizer, _ = make_optimizer(
+        model.params, {"learning_rate": learning_rate, "decay": "constant"}, steps, model.frozen_keys
+    )
 
     @jax.jit
     def step(params, opt_state, rng):
@@ -95,8 +116,9 @@ def test_fast_policy_trains_decodes_valid_chunks_and_flags_invalid_ones(tmp_path
     rng = np.random.default_rng(1)
     chunks = np.concatenate([batch["action"][:, 0], np.cumsum(rng.normal(size=(300, 4, 4)) * 0.2, axis=1)])
     fit_fast(chunks, vocab_size=600).save(str(tmp_path / "fast"))
-    model = PolicyModel.create(vla_config("vla_tokens.py:fast", fast_tokenizer=str(tmp_path / "fast")), batch, STATISTICS,
-                               jax.random.key(0))
+    model = PolicyModel.create(
+        vla_config("vla_tokens.py:fast", fast_tokenizer=str(tmp_path / "fast")), batch, STATISTICS, jax.random.key(0)
+    )
     losses, _ = train(model, batch, 30)
     assert losses[-1] < 0.05 * losses[0]
     metrics = jax.jit(model.action_mse)(model.params, batch, jax.random.key(0))
@@ -125,12 +147,18 @@ def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_
     assert np.isfinite(losses).all() and np.mean(losses[-4:]) < np.mean(losses[:4])
     after = jax.tree_util.tree_map(np.asarray, model.params)
     for part in ("backbone",):
-        for got, want in zip(jax.tree_util.tree_leaves(after[part]), jax.tree_util.tree_leaves(before[part]), strict=True):
+        for got, want in zip(
+            jax.tree_util.tree_leaves(after[part]), jax.tree_util.tree_leaves(before[part]), strict=True
+        ):
             np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(after["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"],
-                                  before["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"])
+    np.testing.assert_array_equal(
+        after["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"],
+        before["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"],
+    )
     assert not np.array_equal(after["lora"]["flow"]["expert"]["layers_0"]["mlp"]["up_proj"]["kernel"]["b"], 0)
-    assert not np.array_equal(after["flow"]["expert"]["action_out"]["kernel"], before["flow"]["expert"]["action_out"]["kernel"])
+    assert not np.array_equal(
+        after["flow"]["expert"]["action_out"]["kernel"], before["flow"]["expert"]["action_out"]["kernel"]
+    )
     # adaRMS: the time modulation starts at zero and trains (it is new, not part of the frozen base).
     modulation = "flow", "expert", "layers_0", "input_layernorm", "modulation", "kernel"
     assert not before[modulation[0]][modulation[1]][modulation[2]][modulation[3]][modulation[4]][modulation[5]].any()
@@ -145,9 +173,11 @@ def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_
     merged = model.with_lora_merged()
     assert "lora" not in merged.params and merged.config["model"]["vla"]["lora"] is None
     factors = after["lora"]["backbone"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
-    np.testing.assert_allclose(merged.params["backbone"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"],
-                               after["backbone"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
-                               + factors["a"] @ factors["b"], atol=1e-6)  # alpha / rank = 16 / 16
+    np.testing.assert_allclose(
+        merged.params["backbone"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"],
+        after["backbone"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"] + factors["a"] @ factors["b"],
+        atol=1e-6,
+    )  # alpha / rank = 16 / 16
     model.save_pretrained(5, str(tmp_path / "lora_run"))
     loaded = PolicyModel.load_pretrained(str(tmp_path / "lora_run"))
     for got, want in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(after), strict=True):
@@ -156,9 +186,23 @@ def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_
     # The evaluation harness runs the release: Meta-World, the checkpoint policy, results.json.
     merged.save_pretrained(5, str(tmp_path / "merged_run"))
     result = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "--policy=checkpoint", f"--checkpoint={tmp_path / 'merged_run'}",
-         "--tasks=reach", "--episodes=1", "--max_episode_steps=8", "--image_size=64", "--workers=1",
-         f"--output_dir={tmp_path / 'eval'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "scripts/evaluate.py",
+            "--policy=checkpoint",
+            f"--checkpoint={tmp_path / 'merged_run'}",
+            "--tasks=reach",
+            "--episodes=1",
+            "--max_episode_steps=8",
+            "--image_size=64",
+            "--workers=1",
+            f"--output_dir={tmp_path / 'eval'}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["tasks"]["reach-v3"]["episodes"] == 1
@@ -166,7 +210,9 @@ def test_adarms_flow_policy_with_lora_trains_only_the_factors_and_new_parts_and_
 
 def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_checked(tmp_path):
     words = ["[PAD]", "open", "the", "drawer", "press", "button", "reach", "goal", "close"]
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="[PAD]"))
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="[PAD]")
+    )
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     config = vla_config("vla_tokens.py:bins", n_bins=16)
@@ -175,24 +221,38 @@ def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_c
     batch = metaworld_like_batch(image_size=16, tokenizer=FixedLengthTokenizer(str(tmp_path / "tokenizer.json"), 24))
     model = PolicyModel.create(config, batch, STATISTICS, jax.random.key(0))
     reference = load_paligemma(PALIGEMMA).params
-    for got, want in zip(jax.tree_util.tree_leaves(model.params["backbone"]), jax.tree_util.tree_leaves(reference), strict=True):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(model.params["backbone"]), jax.tree_util.tree_leaves(reference), strict=True
+    ):
         np.testing.assert_array_equal(got, want)
     assert model.config["model"]["vla"]["backbone"]["config"]["text"]["vocab_size"] == 90
     assert np.isfinite(model.loss(model.params, batch, jax.random.key(0), False)[0])
-    with pytest.raises(InputError, match=r"observation\['image_primary'\] holds 64x64 images; the backbone's SigLIP reads 16x16"):
-        PolicyModel.create(config, metaworld_like_batch(tokenizer=FixedLengthTokenizer(str(tmp_path / "tokenizer.json"), 24)),
-                           STATISTICS, jax.random.key(0))
+    with pytest.raises(
+        InputError, match=r"observation\['image_primary'\] holds 64x64 images; the backbone's SigLIP reads 16x16"
+    ):
+        PolicyModel.create(
+            config,
+            metaworld_like_batch(tokenizer=FixedLengthTokenizer(str(tmp_path / "tokenizer.json"), 24)),
+            STATISTICS,
+            jax.random.key(0),
+        )
     # MiniLM's ids (up to 30521) do not fit the checkpoint's 90-id vocabulary.
     config["model"]["language"]["tokenizer_json"] = None
     with pytest.raises(InputError, match="instruction token ids reach .*; the backbone's vocabulary has 90 ids"):
         PolicyModel.create(config, metaworld_like_batch(image_size=16), STATISTICS, jax.random.key(0))
 
 
-@pytest.mark.parametrize("vla, message", [
-    ({"action": {"kind": "tokens"}}, "model.vla.action.kind='tokens'; expected one of bins, fast, flow"),
-    ({"action": {"kind": "fast"}}, "needs model.vla.action.fast_tokenizer"),
-    ({"action": {"kind": "bins"}, "backbone": {"size": "7B"}}, "model.vla.backbone.size='7B'; expected one of tiny, 3B"),
-])
+@pytest.mark.parametrize(
+    "vla, message",
+    [
+        ({"action": {"kind": "tokens"}}, "model.vla.action.kind='tokens'; expected one of bins, fast, flow"),
+        ({"action": {"kind": "fast"}}, "needs model.vla.action.fast_tokenizer"),
+        (
+            {"action": {"kind": "bins"}, "backbone": {"size": "7B"}},
+            "model.vla.backbone.size='7B'; expected one of tiny, 3B",
+        ),
+    ],
+)
 def test_bad_vla_settings_fail_in_one_line(vla, message):
     vla = {"backbone": {"size": "tiny"}, **vla}
     vla["action"] = {"horizon": 4, "action_dim": 4, **vla["action"]}
@@ -206,12 +266,15 @@ def test_fsdp_on_8_devices_places_the_vla_by_its_rules_and_gives_the_unsharded_l
     reference = PolicyModel.create(config, batch, STATISTICS, jax.random.key(0))
     mesh = make_mesh(data=1, fsdp=8)
     rules = [(pattern, jax.sharding.PartitionSpec(*spec)) for pattern, spec in VLA_FSDP_RULES]
-    sharded = PolicyModel.create(config, batch, STATISTICS, jax.random.key(0),
-                                 shardings_of=lambda tree: param_shardings(tree, mesh, rules))
+    sharded = PolicyModel.create(
+        config, batch, STATISTICS, jax.random.key(0), shardings_of=lambda tree: param_shardings(tree, mesh, rules)
+    )
     embedding = sharded.params["backbone"]["language_model"]["embed_tokens"]["embedding"]
     assert embedding.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     assert embedding.addressable_shards[0].data.shape == (32000, 128 // 8)
-    for got, want in zip(jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(reference.params), strict=True):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(sharded.params), jax.tree_util.tree_leaves(reference.params), strict=True
+    ):
         np.testing.assert_array_equal(got, want)  # the same initialization, laid out on the mesh
     with jax.set_mesh(mesh):
         loss = jax.jit(lambda p: sharded.loss(p, batch, jax.random.key(4), True)[0])(sharded.params)
@@ -223,13 +286,19 @@ def test_the_3b_pod_rules_split_every_large_array_over_8_devices():
     moments fit 8 devices as 1/8 each, and nothing large is replicated."""
     config = load_config(os.path.join(CONFIGS, "vla_flow.py:pod")).to_dict()
     network = make_vla_network(resolve_vla_config(config["model"]["vla"]))
-    batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metaworld_like_batch(batch=1, image_size=224))
+    batch = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metaworld_like_batch(batch=1, image_size=224)
+    )
     shapes = jax.eval_shape(network.init, jax.random.key(0), batch["observation"], batch["task"])["params"]
     count = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
     assert 3.2e9 < count < 3.4e9, count
-    shardings = param_shardings(shapes, make_mesh(data=1, fsdp=8), [(p, jax.sharding.PartitionSpec(*s)) for p, s in config["sharding_rules"]])
+    shardings = param_shardings(
+        shapes, make_mesh(data=1, fsdp=8), [(p, jax.sharding.PartitionSpec(*s)) for p, s in config["sharding_rules"]]
+    )
     per_device, replicated_large = 0, []
-    for (path, shape), sharding in zip(jax.tree_util.tree_leaves_with_path(shapes), jax.tree_util.tree_leaves(shardings), strict=True):
+    for (path, shape), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(shapes), jax.tree_util.tree_leaves(shardings), strict=True
+    ):
         shard = sharding.shard_shape(shape.shape)
         per_device += int(np.prod(shard)) * 4 * 3  # float32 parameter + Adam's two moments
         if shape.size >= 2**20 and shard == shape.shape:
@@ -241,13 +310,31 @@ def test_the_3b_pod_rules_split_every_large_array_over_8_devices():
 def test_train_py_runs_the_vla_configs_on_an_fsdp_mesh_and_the_loss_falls(synthetic_data_dir, tmp_path):
     run_dir = tmp_path / "bins"
     result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--config=experiments/configs/vla_tokens.py:bins",
-         f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.mixture=synthetic", f"--config.run_dir={run_dir}",
-         "--config.num_steps=10", "--config.log_interval=1", "--config.eval_interval=10", "--config.eval_batches=1",
-         "--config.save_interval=10", "--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=20",
-         "--config.model.vla.action.action_dim=7", "--config.optimizer.learning_rate=1e-3", "--config.optimizer.warmup_steps=0",
-         "--config.mesh.data=2", "--config.mesh.fsdp=-1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "scripts/train.py",
+            "--config=experiments/configs/vla_tokens.py:bins",
+            f"--config.dataset.data_dir={synthetic_data_dir}",
+            "--config.dataset.mixture=synthetic",
+            f"--config.run_dir={run_dir}",
+            "--config.num_steps=10",
+            "--config.log_interval=1",
+            "--config.eval_interval=10",
+            "--config.eval_batches=1",
+            "--config.save_interval=10",
+            "--config.dataset.batch_size=8",
+            "--config.dataset.shuffle_buffer_size=20",
+            "--config.model.vla.action.action_dim=7",
+            "--config.optimizer.learning_rate=1e-3",
+            "--config.optimizer.warmup_steps=0",
+            "--config.mesh.data=2",
+            "--config.mesh.fsdp=-1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mesh {'data': 2, 'fsdp': 4}" in result.stdout
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -45,10 +45,16 @@ def main(argv):
     if name is None:
         raise InputError(f"--name is required when --tasks ('{_TASKS.value}') is not one of {', '.join(TASK_SETS)}")
     settings = CollectionSettings(
-        tasks=tuple(resolve_tasks(_TASKS.value)), episodes_per_task=_EPISODES.value,
-        image_size=_IMAGE_SIZE.value, primary_camera=_PRIMARY_CAMERA.value, wrist_camera=_WRIST_CAMERA.value,
-        action_noise=_ACTION_NOISE.value, only_successes=not _KEEP_FAILURES.value,
-        max_attempts=_MAX_ATTEMPTS.value, max_episode_steps=_MAX_STEPS.value, seed=_SEED.value,
+        tasks=tuple(resolve_tasks(_TASKS.value)),
+        episodes_per_task=_EPISODES.value,
+        image_size=_IMAGE_SIZE.value,
+        primary_camera=_PRIMARY_CAMERA.value,
+        wrist_camera=_WRIST_CAMERA.value,
+        action_noise=_ACTION_NOISE.value,
+        only_successes=not _KEEP_FAILURES.value,
+        max_attempts=_MAX_ATTEMPTS.value,
+        max_episode_steps=_MAX_STEPS.value,
+        seed=_SEED.value,
     )
     path, counts = build(_DATA_DIR.value, name, settings, val_fraction=_VAL_FRACTION.value, workers=_WORKERS.value)
     print(json.dumps({"dataset": f"metaworld/{name}", "path": path, **counts}))

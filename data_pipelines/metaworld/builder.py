@@ -93,7 +93,7 @@ class Metaworld(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         val = set(val_indices(config.settings.episodes_per_task, config.val_fraction))
         paths = sorted(glob.glob(os.path.join(config.episodes_dir, "*", "episode_*.npz")))
-        is_val = [int(os.path.basename(path)[len("episode_"):-len(".npz")]) in val for path in paths]
+        is_val = [int(os.path.basename(path)[len("episode_") : -len(".npz")]) in val for path in paths]
         splits = {"train": self._generate_examples([p for p, v in zip(paths, is_val) if not v])}
         if any(is_val):
             splits["val"] = self._generate_examples([p for p, v in zip(paths, is_val) if v])
@@ -104,36 +104,40 @@ class Metaworld(tfds.core.GeneratorBasedBuilder):
             steps, metadata = load_episode(path)
             length = len(steps["action"])
             last = np.arange(length) == length - 1
-            yield f"{metadata['task']}/{metadata['index']}", {
-                "steps": {
-                    "observation": {
-                        "image": steps["image_primary"],
-                        "wrist_image": steps["image_wrist"],
-                        "proprio": steps["proprio"],
-                        "full_state": steps["state"],
+            yield (
+                f"{metadata['task']}/{metadata['index']}",
+                {
+                    "steps": {
+                        "observation": {
+                            "image": steps["image_primary"],
+                            "wrist_image": steps["image_wrist"],
+                            "proprio": steps["proprio"],
+                            "full_state": steps["state"],
+                        },
+                        "action": steps["action"],
+                        "executed_action": steps["executed_action"],
+                        "reward": steps["reward"],
+                        "discount": np.ones(length, np.float32),
+                        "is_first": np.arange(length) == 0,
+                        "is_last": last,
+                        "is_terminal": last & metadata["success"],
+                        "language_instruction": [metadata["instruction"]] * length,
                     },
-                    "action": steps["action"],
-                    "executed_action": steps["executed_action"],
-                    "reward": steps["reward"],
-                    "discount": np.ones(length, np.float32),
-                    "is_first": np.arange(length) == 0,
-                    "is_last": last,
-                    "is_terminal": last & metadata["success"],
-                    "language_instruction": [metadata["instruction"]] * length,
+                    "episode_metadata": {
+                        "task": metadata["task"],
+                        "episode_index": metadata["index"],
+                        "attempt": metadata["attempt"],
+                        "seed": metadata["seed"],
+                        "variation": metadata["variation"],
+                        "success": metadata["success"],
+                    },
                 },
-                "episode_metadata": {
-                    "task": metadata["task"],
-                    "episode_index": metadata["index"],
-                    "attempt": metadata["attempt"],
-                    "seed": metadata["seed"],
-                    "variation": metadata["variation"],
-                    "success": metadata["success"],
-                },
-            }
+            )
 
 
-def build(data_dir: str, name: str, settings: CollectionSettings, *, val_fraction: float = 0.1,
-          workers: int | None = None) -> tuple[str, dict]:
+def build(
+    data_dir: str, name: str, settings: CollectionSettings, *, val_fraction: float = 0.1, workers: int | None = None
+) -> tuple[str, dict]:
     """Collects what is missing, then writes the dataset; returns (version directory, counts)."""
     if not re.fullmatch(r"[\w\-.]+", name):
         raise InputError(f"dataset name '{name}' has characters TFDS does not allow; expected letters, digits, _ - .")
@@ -144,8 +148,11 @@ def build(data_dir: str, name: str, settings: CollectionSettings, *, val_fractio
     if counts["episodes"] == 0:
         raise InputError(f"no episode of {list(settings.tasks)} succeeded; see the failure records in '{episodes_dir}'")
     config = MetaworldConfig(
-        name=name, description=f"{settings.episodes_per_task} scripted episodes of each of {len(settings.tasks)} tasks",
-        episodes_dir=episodes_dir, settings=settings, val_fraction=val_fraction,
+        name=name,
+        description=f"{settings.episodes_per_task} scripted episodes of each of {len(settings.tasks)} tasks",
+        episodes_dir=episodes_dir,
+        settings=settings,
+        val_fraction=val_fraction,
     )
     # Every collection is its own config, which TFDS announces with the whole config dataclass as
     # a warning ("Using custom data configuration"); that line says nothing the user did not ask for.

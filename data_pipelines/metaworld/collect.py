@@ -83,7 +83,9 @@ def _env_for(settings: CollectionSettings, task: str):
 
     if task not in _ENVS:
         _ENVS[task] = MetaWorldEnv(
-            task, cameras={"primary": settings.primary_camera, "wrist": settings.wrist_camera}, image_size=settings.image_size,
+            task,
+            cameras={"primary": settings.primary_camera, "wrist": settings.wrist_camera},
+            image_size=settings.image_size,
             max_episode_steps=settings.max_episode_steps,
         )
     return _ENVS[task]
@@ -92,7 +94,9 @@ def _env_for(settings: CollectionSettings, task: str):
 def run_attempt(settings: CollectionSettings, job: EpisodeJob, attempt: int) -> dict:
     """One scripted episode: per-step arrays plus its metadata."""
     env = _env_for(settings, job.task)
-    env_seed_seq, noise_seed_seq, language_seed_seq = episode_seed_sequence("collect", settings.seed, job.task, job.index, attempt).spawn(3)
+    env_seed_seq, noise_seed_seq, language_seed_seq = episode_seed_sequence(
+        "collect", settings.seed, job.task, job.index, attempt
+    ).spawn(3)
     noise_rng = np.random.default_rng(noise_seed_seq)
     instructions = train_instructions(job.task)
     instruction = instructions[np.random.default_rng(language_seed_seq).integers(len(instructions))]
@@ -117,8 +121,13 @@ def run_attempt(settings: CollectionSettings, job: EpisodeJob, attempt: int) -> 
         if terminated or truncated:
             break
     metadata = dict(
-        task=job.task, index=job.index, attempt=attempt, seed=env_seed, variation=info["variation"],
-        success=bool(success), instruction=instruction,
+        task=job.task,
+        index=job.index,
+        attempt=attempt,
+        seed=env_seed,
+        variation=info["variation"],
+        success=bool(success),
+        instruction=instruction,
     )
     return {"steps": {key: np.stack(values) for key, values in steps.items()}, "metadata": metadata}
 
@@ -131,7 +140,9 @@ def run_job(settings: CollectionSettings, job: EpisodeJob, episodes_dir: str) ->
         if episode["metadata"]["success"] or not settings.only_successes:
             arrays = {f"steps/{key}": value for key, value in episode["steps"].items()}
             arrays["metadata"] = np.frombuffer(json.dumps(episode["metadata"]).encode(), np.uint8)
-            write_atomically(episode_path(episodes_dir, job), lambda temp_path: np.savez_compressed(temp_path, **arrays))
+            write_atomically(
+                episode_path(episodes_dir, job), lambda temp_path: np.savez_compressed(temp_path, **arrays)
+            )
             return episode["metadata"]
     failure = {**episode["metadata"], "attempts": attempts}
     write_text_atomically(failure_path(episodes_dir, job), json.dumps(failure))
@@ -152,7 +163,8 @@ def all_jobs(settings: CollectionSettings) -> list[EpisodeJob]:
 
 def pending_jobs(settings: CollectionSettings, episodes_dir: str) -> list[EpisodeJob]:
     return [
-        job for job in all_jobs(settings)
+        job
+        for job in all_jobs(settings)
         if not os.path.exists(episode_path(episodes_dir, job)) and not os.path.exists(failure_path(episodes_dir, job))
     ]
 
@@ -187,8 +199,12 @@ def collect(settings: CollectionSettings, episodes_dir: str, num_workers: int | 
     check_settings(settings, episodes_dir)
     jobs = pending_jobs(settings, episodes_dir)
     map_in_processes(
-        _run_batch, [(settings, job, episodes_dir) for job in jobs], num_workers=num_workers,
-        desc="Collecting Meta-World episodes", unit="episode", done_before=len(all_jobs(settings)) - len(jobs),
+        _run_batch,
+        [(settings, job, episodes_dir) for job in jobs],
+        num_workers=num_workers,
+        desc="Collecting Meta-World episodes",
+        unit="episode",
+        done_before=len(all_jobs(settings)) - len(jobs),
     )
     kept = sum(os.path.exists(episode_path(episodes_dir, job)) for job in all_jobs(settings))
     return {"episodes": kept, "failed_jobs": len(all_jobs(settings)) - kept}

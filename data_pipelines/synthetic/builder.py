@@ -121,9 +121,7 @@ class SyntheticRlds(tfds.core.GeneratorBasedBuilder):
                         **standard_step_features(),
                     }
                 ),
-                "episode_metadata": tfds.features.FeaturesDict(
-                    {"episode_id": tfds.features.Scalar(dtype=np.int32)}
-                ),
+                "episode_metadata": tfds.features.FeaturesDict({"episode_id": tfds.features.Scalar(dtype=np.int32)}),
             }
         )
         return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features)

@@ -47,7 +47,11 @@ from octo_like.utils.errors import InputError
 
 RECIPE = dict(head="flow", proprio="state", language="sentence", film="on", wrist="on", chunk="4", window="2")
 KNOB_CHOICES = dict(
-    head=tuple(HEADS), proprio=("state", "hand"), language=("sentence", "all"), film=("on", "off"), wrist=("on", "off"),
+    head=tuple(HEADS),
+    proprio=("state", "hand"),
+    language=("sentence", "all"),
+    film=("on", "off"),
+    wrist=("on", "off"),
 )
 # The dataset's observation key of each proprio choice (data_pipelines/metaworld writes both).
 PROPRIO_KEYS = {"state": "full_state", "hand": "proprio"}
@@ -86,7 +90,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         del image_sizes["wrist"]
     tokenizers = {
         camera: spec.create(
-            ImageTokenizer, camera=camera, stem="small_stem", stem_kwargs=metaworld_scratch.TINY_STEM, image_size=size,
+            ImageTokenizer,
+            camera=camera,
+            stem="small_stem",
+            stem_kwargs=metaworld_scratch.TINY_STEM,
+            image_size=size,
             use_film=camera == "primary" and settings["film"] == "on",
         )
         for camera, size in image_sizes.items()
@@ -94,7 +102,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     tokenizers["proprio"] = spec.create(ProprioTokenizer, mode="linear")
     config.model.observation_tokenizers = tokenizers
     config.model.language.tokens = "all" if settings["language"] == "all" else "sentence"
-    config.model.heads = {"action": head_spec(settings["head"], action_horizon=chunk, action_dim=metaworld_scratch.ACTION_DIM)}
+    config.model.heads = {
+        "action": head_spec(settings["head"], action_horizon=chunk, action_dim=metaworld_scratch.ACTION_DIM)
+    }
 
     config.dataset.mixture = "metaworld/mt10"
     config.dataset.batch_size = BATCH_SIZE

@@ -42,7 +42,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     size, _, head = (variant or "tiny").partition(",")
     head = head or "diffusion"
     if size not in TRANSFORMER_SIZES:
-        raise InputError(f"unknown size '{size}' in variant '{variant}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
+        raise InputError(
+            f"unknown size '{size}' in variant '{variant}'; expected one of {', '.join(TRANSFORMER_SIZES)}"
+        )
     if head not in HEADS:
         raise InputError(f"unknown head '{head}' in variant '{variant}'; expected one of {', '.join(HEADS)}")
     dataset = _dataset_config()
@@ -55,17 +57,28 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         observation_tokenizers={
             camera: spec.create(ImageTokenizer, camera=camera, stem_kwargs=stem_kwargs, image_size=image_size)
             for camera, image_size in image_sizes.items()
-        } | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
+        }
+        | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
         task_tokenizers={
-            "goal_primary": spec.create(GoalImageTokenizer, camera="primary", stem_kwargs=stem_kwargs, image_size=image_sizes["primary"]),
+            "goal_primary": spec.create(
+                GoalImageTokenizer, camera="primary", stem_kwargs=stem_kwargs, image_size=image_sizes["primary"]
+            ),
         },
-        language=dict(max_length=dataset.traj_transform_kwargs.text_tokenizer.kwargs.max_length, tokenizer_json=None, checkpoint=None),
+        language=dict(
+            max_length=dataset.traj_transform_kwargs.text_tokenizer.kwargs.max_length,
+            tokenizer_json=None,
+            checkpoint=None,
+        ),
         readouts={"action": 1},
         transformer=dict(size=size, dropout_rate=0.1 if size != "tiny" else 0.0, remat=False),
         heads={"action": head_spec(head, action_horizon=action_horizon, action_dim=7)},
     )
     config.optimizer = dict(
-        learning_rate=3e-4, warmup_steps=200, decay="rsqrt", weight_decay=0.01, clip_gradient=1.0,
+        learning_rate=3e-4,
+        warmup_steps=200,
+        decay="rsqrt",
+        weight_decay=0.01,
+        clip_gradient=1.0,
         frozen_keys=("language_encoder/*",),
     )
     config.dataset = dataset

@@ -1,6 +1,7 @@
 """OTTER-style policy on Meta-World: frozen CLIP, visual tokens selected by the instruction.
 
-    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown --episodes_per_task 6 --image_size 64
+    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown \
+        --episodes_per_task 6 --image_size 64
     python scripts/train.py --config experiments/configs/otter_metaworld.py:text_aware \
         --config.dataset.mixture=metaworld/quickstart --config.run_dir=runs/otter_text_aware
     python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/otter_text_aware \
@@ -52,7 +53,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     selection, _, head = (variant or "text_aware").partition(",")
     head = head or "flow"
     if selection not in SELECTIONS:
-        raise InputError(f"unknown selection '{selection}' in variant '{variant}'; expected one of {', '.join(SELECTIONS)}")
+        raise InputError(
+            f"unknown selection '{selection}' in variant '{variant}'; expected one of {', '.join(SELECTIONS)}"
+        )
     if head not in HEADS:
         raise InputError(f"unknown head '{head}' in variant '{variant}'; expected one of {', '.join(HEADS)}")
     config = training_run_config(run_dir=f"runs/otter_{selection}_{head}", num_steps=1500)
@@ -61,25 +64,36 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     clip_checkpoint = config.get_ref("clip_checkpoint")
     # metaworld_scratch.py's data (same demonstrations, chunks and augmentation), every camera at
     # the CLIP's resolution, instructions tokenized by the CLIP checkpoint's tokenizer when one is given.
-    config.dataset = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaworld_scratch.py")).dataset
+    config.dataset = load_config(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaworld_scratch.py")
+    ).dataset
     config.dataset.frame_transform_kwargs.resize_size = {camera: IMAGE_SIZE for camera in CAMERAS}
     text_tokenizer = config.dataset.traj_transform_kwargs.text_tokenizer.kwargs
     text_tokenizer.tokenizer_json = clip_checkpoint
-    config.model = ml_collections.ConfigDict(dict(
-        observation_tokenizers={
-            camera: spec.create(TextAwareImageTokenizer, camera=camera, num_tokens=8, width=128, num_heads=4,
-                                selection=selection)
-            for camera in CAMERAS
-        } | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
-        task_tokenizers={},
-        language=dict(encoder="clip", max_length=text_tokenizer.max_length, tokenizer_json=clip_checkpoint),
-        clip=dict(checkpoint=clip_checkpoint, size="tiny"),
-        readouts={"action": 1},
-        transformer=dict(size="tiny", dropout_rate=0.0, remat=False),
-        heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            observation_tokenizers={
+                camera: spec.create(
+                    TextAwareImageTokenizer, camera=camera, num_tokens=8, width=128, num_heads=4, selection=selection
+                )
+                for camera in CAMERAS
+            }
+            | {"proprio": spec.create(ProprioTokenizer, mode="linear")},
+            task_tokenizers={},
+            language=dict(encoder="clip", max_length=text_tokenizer.max_length, tokenizer_json=clip_checkpoint),
+            clip=dict(checkpoint=clip_checkpoint, size="tiny"),
+            readouts={"action": 1},
+            transformer=dict(size="tiny", dropout_rate=0.0, remat=False),
+            heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
+        )
+    )
     config.optimizer = dict(
-        learning_rate=3e-4, warmup_steps=200, decay="cosine", final_lr_fraction=0.05, weight_decay=0.01,
-        clip_gradient=1.0, frozen_keys=("clip/*",),
+        learning_rate=3e-4,
+        warmup_steps=200,
+        decay="cosine",
+        final_lr_fraction=0.05,
+        weight_decay=0.01,
+        clip_gradient=1.0,
+        frozen_keys=("clip/*",),
     )
     return config

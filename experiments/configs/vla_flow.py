@@ -1,14 +1,16 @@
 """A pi0-style policy on Meta-World: a PaliGemma backbone and a flow-matching action expert.
 
-    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown --episodes_per_task 6 --image_size 64
+    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown \
+        --episodes_per_task 6 --image_size 64
     python scripts/train.py --config experiments/configs/vla_flow.py --config.run_dir=runs/vla_flow
     python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/vla_flow \
         --tasks=reach,drawer-open,button-press-topdown --episodes=20 --image_size=64
 
 Variant: none, or any of `lora` (rank-16 LoRA on the attention and MLP of the backbone and of the
 expert, both bases frozen), `adarms` (pi0.5's time conditioning: the flow time modulates every
-norm of the expert instead of entering the action tokens) and `pod` (the 3B backbone with pi0's width-1024 expert, 224x224
-cameras, FSDP over every device, bf16, multi-host auto-detection): `lora`, `adarms`, `lora,pod`.
+norm of the expert instead of entering the action tokens) and `pod` (the 3B backbone with pi0's
+width-1024 expert, 224x224 cameras, FSDP over every device, bf16, multi-host auto-detection):
+`lora`, `adarms`, `lora,pod`.
 `--config.backbone_checkpoint=/path/to/paligemma` starts from PaliGemma weights (see vla_tokens.py).
 
 Model: vla_tokens.py's prefix (both cameras of the current step and the instruction, attending

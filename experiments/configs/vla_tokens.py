@@ -1,6 +1,7 @@
 """A VLM-initialized policy with discrete action tokens (RT-2 / OpenVLA bins, or FAST) on Meta-World.
 
-    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown --episodes_per_task 6 --image_size 64
+    python -m data_pipelines.metaworld.build --name quickstart --tasks reach,drawer-open,button-press-topdown \
+        --episodes_per_task 6 --image_size 64
     python scripts/train.py --config experiments/configs/vla_tokens.py:bins --config.run_dir=runs/vla_bins
     python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/vla_bins \
         --tasks=reach,drawer-open,button-press-topdown --episodes=20 --image_size=64
@@ -60,7 +61,9 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
     config.backbone_checkpoint = config_dict.placeholder(str)
     checkpoint = config.get_ref("backbone_checkpoint")
     image_size = (224, 224) if pod else (64, 64)
-    config.dataset = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaworld_scratch.py")).dataset
+    config.dataset = load_config(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaworld_scratch.py")
+    ).dataset
     config.dataset.frame_transform_kwargs.resize_size = {camera: image_size for camera in CAMERAS}
     # One step (OpenVLA and pi0 read the current frame); bins need actions in [-1, 1].
     config.dataset.traj_transform_kwargs.window_size = 1
@@ -73,18 +76,28 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
         action["expert"] = dict(hidden_size=1024, intermediate_size=4096)  # pi0's Gemma-300M expert
     if kind == "flow":
         action["time_conditioning"] = "adarms" if "adarms" in options else "concat"
-    config.model = ml_collections.ConfigDict(dict(
-        language=dict(encoder="backbone", max_length=text_tokenizer.max_length, tokenizer_json=checkpoint),
-        vla=dict(
-            backbone=dict(checkpoint=checkpoint, size="3B" if pod else "tiny", config=config_dict.placeholder(dict)),
-            action=action,
-            lora=dict(rank=16, alpha=16.0) if "lora" in options else config_dict.placeholder(dict),
-        ),
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            language=dict(encoder="backbone", max_length=text_tokenizer.max_length, tokenizer_json=checkpoint),
+            vla=dict(
+                backbone=dict(
+                    checkpoint=checkpoint, size="3B" if pod else "tiny", config=config_dict.placeholder(dict)
+                ),
+                action=action,
+                lora=dict(rank=16, alpha=16.0) if "lora" in options else config_dict.placeholder(dict),
+            ),
+        )
+    )
     # FSDP along the model width (the rules hold on any mesh; with fsdp=1 everything is replicated).
     config.sharding_rules = VLA_FSDP_RULES
-    config.optimizer = dict(learning_rate=1e-4, warmup_steps=100, decay="cosine", final_lr_fraction=0.05,
-                            weight_decay=1e-4, clip_gradient=1.0)
+    config.optimizer = dict(
+        learning_rate=1e-4,
+        warmup_steps=100,
+        decay="cosine",
+        final_lr_fraction=0.05,
+        weight_decay=1e-4,
+        clip_gradient=1.0,
+    )
     if pod:
         config.num_steps = 30000
         config.log_interval, config.eval_interval, config.save_interval = 100, 2000, 2000

@@ -90,8 +90,10 @@ def resize_like_training(images_NHWC: np.ndarray, size: Sequence[int]) -> np.nda
     if tuple(images_NHWC.shape[1:3]) == tuple(size):
         return np.asarray(images_NHWC)
     resized = jax.image.resize(
-        jnp.asarray(images_NHWC, jnp.float32), (images_NHWC.shape[0], *size, images_NHWC.shape[3]),
-        method=IMAGE_RESIZE_METHOD, antialias=True,
+        jnp.asarray(images_NHWC, jnp.float32),
+        (images_NHWC.shape[0], *size, images_NHWC.shape[3]),
+        method=IMAGE_RESIZE_METHOD,
+        antialias=True,
     )
     return np.asarray(jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8))
 
@@ -104,7 +106,7 @@ class CheckpointPolicy:
     ({dataset name: statistics}), `create_tasks(texts=...)` and `sample_actions(observation, task,
     *, rng, unnormalization_statistics)` returning normalized-then-unnormalized actions [B, H, A].
     Proprio is normalized here exactly as the data pipeline normalized it for training: the
-    statistics carry the normalization type and mask (`policy.with_normalization_settings`).
+    statistics carry the normalization type and mask (`octo_like.utils.normalization.with_normalization_settings`).
     `proprio_key` is the environment observation the checkpoint's proprio was recorded from
     (`env_proprio_key` reads it from the release's statistics).
     """
@@ -113,7 +115,7 @@ class CheckpointPolicy:
         self.model = model
         self.proprio_key = proprio_key
         example_observation = model.example_batch["observation"]
-        from octo_like.model.release import image_sizes  # orbax: only where a checkpoint runs
+        from octo_like.policy.release import image_sizes  # orbax: only where a checkpoint runs
 
         self.image_sizes = image_sizes(model.example_batch)
         self.cameras = tuple(self.image_sizes)
@@ -121,17 +123,25 @@ class CheckpointPolicy:
         _, _, self.action_horizon, self.action_dim = model.example_batch["action"].shape
         names = sorted(model.dataset_statistics)
         if dataset_name is None and len(names) != 1:
-            raise InputError(f"the checkpoint was trained on several datasets ({', '.join(names)}); expected --dataset_name to pick whose action statistics to use")
+            raise InputError(
+                f"the checkpoint was trained on several datasets ({', '.join(names)}); expected --dataset_name "
+                "to pick whose action statistics to use"
+            )
         self.dataset_name = dataset_name or names[0]
         if self.dataset_name not in model.dataset_statistics:
-            raise InputError(f"dataset_name '{self.dataset_name}' has no statistics in the checkpoint; expected one of {', '.join(names)}")
+            raise InputError(
+                f"dataset_name '{self.dataset_name}' has no statistics in the checkpoint; "
+                f"expected one of {', '.join(names)}"
+            )
         self.statistics = model.dataset_statistics[self.dataset_name]
         self._task = None
 
     def check_fits(self, env_cameras: Sequence[str], action_dim: int) -> None:
         """One clear error when the environment cannot feed this checkpoint or run its actions."""
         if self.action_dim != action_dim:
-            raise InputError(f"the checkpoint predicts {self.action_dim}-d actions; the environment expects {action_dim}-d actions")
+            raise InputError(
+                f"the checkpoint predicts {self.action_dim}-d actions; the environment expects {action_dim}-d actions"
+            )
         missing = sorted(set(self.cameras) - set(env_cameras))
         if missing:
             raise InputError(f"the checkpoint reads camera(s) {missing}; the environment renders {sorted(env_cameras)}")
@@ -145,19 +155,25 @@ class CheckpointPolicy:
         training, the proprio read from `proprio_key` and normalized, pad masks."""
         from octo_like.utils.normalization import normalize
 
-        observation = {"timestep_pad_mask": observation_window["timestep_pad_mask"][None],
-                       "timestep": observation_window["timestep"][None]}
+        observation = {
+            "timestep_pad_mask": observation_window["timestep_pad_mask"][None],
+            "timestep": observation_window["timestep"][None],
+        }
         for camera, size in self.image_sizes.items():
             observation[f"image_{camera}"] = resize_like_training(observation_window[f"image_{camera}"], size)[None]
         if "proprio" in self.model.example_batch["observation"]:
             stats = self.statistics["proprio"]
             mask = stats.get("mask")
             observation["proprio"] = normalize(
-                observation_window[self.proprio_key], stats, str(stats.get("normalization_type", "normal")),
+                observation_window[self.proprio_key],
+                stats,
+                str(stats.get("normalization_type", "normal")),
                 None if mask is None else np.asarray(mask, bool),
             ).astype(np.float32)[None]
         observation["pad_mask_dict"] = {
-            key: np.ones_like(observation["timestep_pad_mask"]) for key in observation if key.startswith(("image_", "proprio"))
+            key: np.ones_like(observation["timestep_pad_mask"])
+            for key in observation
+            if key.startswith(("image_", "proprio"))
         }
         return observation
 
@@ -166,7 +182,9 @@ class CheckpointPolicy:
 
         key = jax.random.key(int(rng.integers(2**31)))
         actions_BHA = self.model.sample_actions(
-            self.model_observation(observation_window), self._task, rng=key,
+            self.model_observation(observation_window),
+            self._task,
+            rng=key,
             unnormalization_statistics=self.statistics["action"],
         )
         return np.asarray(actions_BHA[0], np.float32)
@@ -178,7 +196,7 @@ DEFAULT_RENDER_SIZE = 128
 def render_size_of_release(run_dir: str) -> int:
     """The size to render cameras at for a release: its largest input image, so the primary camera
     is rendered at the size it was trained on rather than rendered larger and resized down."""
-    from octo_like.model.release import image_sizes, read_example_batch
+    from octo_like.policy.release import image_sizes, read_example_batch
 
     sizes = image_sizes(read_example_batch(run_dir)).values()
     return max((max(size) for size in sizes), default=DEFAULT_RENDER_SIZE)
@@ -190,8 +208,10 @@ def env_proprio_key(statistics: Mapping) -> str:
     state; releases without one read the hand proprio)."""
     dataset_key = str(statistics.get("proprio", {}).get("obs_key", "proprio"))
     if dataset_key not in ENV_PROPRIO_KEYS:
-        raise InputError(f"the checkpoint's proprio was read from the dataset key '{dataset_key}'; "
-                         f"a Meta-World environment provides one of {', '.join(ENV_PROPRIO_KEYS)}")
+        raise InputError(
+            f"the checkpoint's proprio was read from the dataset key '{dataset_key}'; "
+            f"a Meta-World environment provides one of {', '.join(ENV_PROPRIO_KEYS)}"
+        )
     return ENV_PROPRIO_KEYS[dataset_key]
 
 
@@ -205,6 +225,6 @@ def policy_from_model(model: Any, dataset_name: str | None = None) -> Checkpoint
 
 def load_checkpoint_policy(run_dir: str, step: int | None = None, dataset_name: str | None = None) -> CheckpointPolicy:
     """The CheckpointPolicy of a run directory (the release format of `PolicyModel.save_pretrained`)."""
-    from octo_like.model.policy import PolicyModel
+    from octo_like.policy.model import PolicyModel
 
     return policy_from_model(PolicyModel.load_pretrained(run_dir, step=step), dataset_name)

@@ -64,7 +64,8 @@ def markdown_table(results: Mapping) -> str:
     for task, row in results["tasks"].items():
         low, high = row["ci95"]
         lines.append(
-            f"| {task} | {row['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {row['episodes']} | {row['mean_length']:.1f} |"
+            f"| {task} | {row['success_rate']:.2f} | [{low:.2f}, {high:.2f}] | {row['episodes']} | "
+            f"{row['mean_length']:.1f} |"
         )
     lines.append(f"| **mean** | **{results['mean_success_rate']:.2f}** | | | |")
     return "\n".join(lines) + "\n"
@@ -73,8 +74,15 @@ def markdown_table(results: Mapping) -> str:
 def write_results(output_dir: str, episodes: Sequence[EpisodeResult], results: Mapping) -> None:
     """episodes.jsonl (one line per episode, frames left out), results.md and results.json, the
     last written last: its presence means the rest is complete."""
-    lines = [json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"}) for episode in episodes]
-    files = {"episodes.jsonl": "\n".join(lines) + "\n", "results.md": markdown_table(results), "results.json": json.dumps(results, indent=2)}
+    lines = [
+        json.dumps({key: value for key, value in dataclasses.asdict(episode).items() if key != "frames"})
+        for episode in episodes
+    ]
+    files = {
+        "episodes.jsonl": "\n".join(lines) + "\n",
+        "results.md": markdown_table(results),
+        "results.json": json.dumps(results, indent=2),
+    }
     for name, text in files.items():
         write_text_atomically(os.path.join(output_dir, name), text)
 
@@ -85,7 +93,9 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: int = 20) -> None:
 
     def write(temp_path):
         # macro_block_size=1 keeps the frame size as is (the default pads up to multiples of 16).
-        with imageio.get_writer(temp_path, fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error") as writer:
+        with imageio.get_writer(
+            temp_path, fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error"
+        ) as writer:
             for frame in frames:
                 writer.append_data(np.asarray(frame, np.uint8))
 

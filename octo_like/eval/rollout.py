@@ -46,7 +46,10 @@ class EvalSettings:
         if self.instructions is not None:
             missing = [task for task in self.tasks if not self.instructions.get(task)]
             if missing:
-                raise InputError(f"the instructions have none for task(s) {missing}; expected a non-empty list for every evaluated task")
+                raise InputError(
+                    f"the instructions have none for task(s) {missing}; expected a non-empty list for every "
+                    "evaluated task"
+                )
 
     def instruction(self, task: str, index: int) -> str:
         choices = self.instructions[task] if self.instructions is not None else train_instructions(task)
@@ -72,7 +75,9 @@ def check_policy_fits(policy: Policy, settings: EvalSettings) -> None:
     if hasattr(policy, "check_fits"):
         policy.check_fits(tuple(settings.cameras), METAWORLD_ACTION_DIM)
     if settings.exec_horizon is not None and settings.exec_horizon > policy.action_horizon:
-        raise InputError(f"exec_horizon={settings.exec_horizon} exceeds the policy's action chunk of {policy.action_horizon}")
+        raise InputError(
+            f"exec_horizon={settings.exec_horizon} exceeds the policy's action chunk of {policy.action_horizon}"
+        )
 
 
 def make_env(task: str, policy: Policy, settings: EvalSettings):
@@ -83,7 +88,9 @@ def make_env(task: str, policy: Policy, settings: EvalSettings):
     cameras = {name: settings.cameras[name] for name in policy.cameras}
     if settings.videos_per_task > 0:
         cameras = dict(settings.cameras)
-    env = MetaWorldEnv(task, cameras=cameras, image_size=settings.image_size, max_episode_steps=settings.max_episode_steps)
+    env = MetaWorldEnv(
+        task, cameras=cameras, image_size=settings.image_size, max_episode_steps=settings.max_episode_steps
+    )
     if settings.videos_per_task > 0:
         env = RecordFramesWrapper(env)
     env = HistoryWrapper(env, policy.window_size)
@@ -104,8 +111,13 @@ def run_episode(env, policy: Policy, settings: EvalSettings, task: str, index: i
             break
     frames = list(env.get_wrapper_attr("frames")) if index < settings.videos_per_task else None
     return EpisodeResult(
-        task=task, index=index, seed=seed, instruction=instruction, success=bool(info["success"]),
-        length=env.get_wrapper_attr("num_steps"), frames=frames,
+        task=task,
+        index=index,
+        seed=seed,
+        instruction=instruction,
+        success=bool(info["success"]),
+        length=env.get_wrapper_attr("num_steps"),
+        frames=frames,
     )
 
 
@@ -135,15 +147,23 @@ def _run_batch(jobs: Sequence[tuple[Mapping, EvalSettings, str, int]]) -> list[E
     return [_WORKER.run(task, index) for _, _, task, index in jobs]
 
 
-def evaluate(policy_spec: Mapping, settings: EvalSettings, num_workers: int | None = None,
-             show_progress: bool = True) -> list[EpisodeResult]:
+def evaluate(
+    policy_spec: Mapping, settings: EvalSettings, num_workers: int | None = None, show_progress: bool = True
+) -> list[EpisodeResult]:
     """Runs every episode of every task; returns the results ordered by (task, index).
 
     Every worker process builds the policy from `policy_spec` once (a checkpoint policy loads its
     model once per worker: use one worker for a model on a GPU).
     """
-    jobs = [(policy_spec, settings, task, index) for task in settings.tasks for index in range(settings.episodes_per_task)]
+    jobs = [
+        (policy_spec, settings, task, index) for task in settings.tasks for index in range(settings.episodes_per_task)
+    ]
     results = map_in_processes(
-        _run_batch, jobs, num_workers=num_workers, desc="Evaluating", unit="episode", show_progress=show_progress,
+        _run_batch,
+        jobs,
+        num_workers=num_workers,
+        desc="Evaluating",
+        unit="episode",
+        show_progress=show_progress,
     )
     return sorted(results, key=lambda result: (settings.tasks.index(result.task), result.index))

@@ -32,15 +32,36 @@ from octo_like.utils.text import FixedLengthTokenizer
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults (what save_pretrained omits).
 _TEXT_DEFAULTS = dict(
-    vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407,
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    bos_token_id=49406,
+    eos_token_id=49407,
 )
 _VISION_DEFAULTS = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
-    image_size=224, patch_size=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
 )
-_TOWER_FIELDS = dict(hidden_size="hidden_size", num_layers="num_hidden_layers", num_heads="num_attention_heads",
-                     intermediate_size="intermediate_size", hidden_act="hidden_act", layer_norm_eps="layer_norm_eps")
+_TOWER_FIELDS = dict(
+    hidden_size="hidden_size",
+    num_layers="num_hidden_layers",
+    num_heads="num_attention_heads",
+    intermediate_size="intermediate_size",
+    hidden_act="hidden_act",
+    layer_norm_eps="layer_norm_eps",
+)
 # Tensors a CLIPModel checkpoint may hold that the towers do not read (position-id buffers).
 _UNUSED_SUFFIXES = ("embeddings.position_ids",)
 
@@ -63,12 +84,16 @@ def clip_config_from_hf(checkpoint_dir: str) -> CLIPConfig:
             **{field: vision[key] for field, key in _TOWER_FIELDS.items()},
             image_size=square_size(vision["image_size"], "vision_config.image_size", f"CLIP config '{path}'"),
             patch_size=square_size(vision["patch_size"], "vision_config.patch_size", f"CLIP config '{path}'"),
-            num_channels=vision["num_channels"], image_mean=mean, image_std=std,
+            num_channels=vision["num_channels"],
+            image_mean=mean,
+            image_std=std,
         ),
         text=CLIPTextConfig(
             **{field: text[key] for field, key in _TOWER_FIELDS.items()},
-            vocab_size=text["vocab_size"], max_position_embeddings=text["max_position_embeddings"],
-            bos_token_id=text["bos_token_id"], eos_token_id=eos,
+            vocab_size=text["vocab_size"],
+            max_position_embeddings=text["max_position_embeddings"],
+            bos_token_id=text["bos_token_id"],
+            eos_token_id=eos,
         ),
         projection_dim=raw.get("projection_dim", 512),
     )
@@ -84,8 +109,14 @@ def clip_param_shapes(config: CLIPConfig) -> dict:
 def load_clip_params(checkpoint_dir: str, config: CLIPConfig, dtype=jnp.float32) -> dict:
     """model.safetensors of a CLIPModel directory -> the Flax params of `CLIPModel(config)`."""
     # CLIPModel subclasses with a head keep the model under a `clip.` prefix.
-    return load_flax_params(CheckpointTensors(checkpoint_dir, "CLIP checkpoint"), clip_param_shapes(config), prefixes=("", "clip."),
-                            ignored_suffixes=_UNUSED_SUFFIXES, dtype=dtype, what="CLIP checkpoint")
+    return load_flax_params(
+        CheckpointTensors(checkpoint_dir, "CLIP checkpoint"),
+        clip_param_shapes(config),
+        prefixes=("", "clip."),
+        ignored_suffixes=_UNUSED_SUFFIXES,
+        dtype=dtype,
+        what="CLIP checkpoint",
+    )
 
 
 class LoadedCLIP:
@@ -96,17 +127,21 @@ class LoadedCLIP:
         self.params = params
         self.module = CLIPModel(config)
         self.tokenizer_json = tokenizer_json
-        self._encode_image = jax.jit(lambda params, pixels: self.module.apply(
-            {"params": params}, pixels, method=CLIPModel.encode_image))
-        self._encode_text = jax.jit(lambda params, ids, mask: self.module.apply(
-            {"params": params}, ids, mask, method=CLIPModel.encode_text))
+        self._encode_image = jax.jit(
+            lambda params, pixels: self.module.apply({"params": params}, pixels, method=CLIPModel.encode_image)
+        )
+        self._encode_text = jax.jit(
+            lambda params, ids, mask: self.module.apply({"params": params}, ids, mask, method=CLIPModel.encode_text)
+        )
         self._tokenizers: dict[int, FixedLengthTokenizer] = {}
 
     def encode_image(self, pixels_BHWC) -> dict[str, jax.Array]:
         return self._encode_image(self.params, jnp.asarray(pixels_BHWC))
 
     def encode_text(self, input_ids_BL, attention_mask_BL) -> dict[str, jax.Array]:
-        return self._encode_text(self.params, jnp.asarray(input_ids_BL, jnp.int32), jnp.asarray(attention_mask_BL, jnp.int32))
+        return self._encode_text(
+            self.params, jnp.asarray(input_ids_BL, jnp.int32), jnp.asarray(attention_mask_BL, jnp.int32)
+        )
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, np.ndarray]:
         """Strings -> int32 [B, max_length] ids and mask (default length: the text tower's maximum)."""
@@ -122,4 +157,6 @@ def load_clip(path: str, dtype=jnp.float32) -> LoadedCLIP:
     """A directory with config.json and model.safetensors (and tokenizer.json for `tokenize`)."""
     config = clip_config_from_hf(path)
     tokenizer_json = os.path.join(path, "tokenizer.json")
-    return LoadedCLIP(config, load_clip_params(path, config, dtype), tokenizer_json if os.path.isfile(tokenizer_json) else None)
+    return LoadedCLIP(
+        config, load_clip_params(path, config, dtype), tokenizer_json if os.path.isfile(tokenizer_json) else None
+    )

@@ -95,7 +95,9 @@ class CheckpointTensors:
                 try:
                     weight_map = json.load(file)["weight_map"]
                 except (json.JSONDecodeError, KeyError) as error:
-                    raise InputError(f"{what} index '{index_path}' is not a safetensors index ({error}); expected a weight_map") from None
+                    raise InputError(
+                        f"{what} index '{index_path}' is not a safetensors index ({error}); expected a weight_map"
+                    ) from None
             self.path = index_path
             self._file_of = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
             for shard in sorted(set(self._file_of.values())):
@@ -117,8 +119,15 @@ class CheckpointTensors:
         return self._open[path].get_tensor(name)
 
 
-def load_flax_params(tensors: CheckpointTensors, param_shapes: dict, *, prefixes: Sequence[str] = ("",),
-                     ignored_suffixes: tuple[str, ...] = (), dtype=jnp.float32, what: str = "checkpoint") -> dict:
+def load_flax_params(
+    tensors: CheckpointTensors,
+    param_shapes: dict,
+    *,
+    prefixes: Sequence[str] = ("",),
+    ignored_suffixes: tuple[str, ...] = (),
+    dtype=jnp.float32,
+    what: str = "checkpoint",
+) -> dict:
     """The checkpoint's tensors as the Flax params `param_shapes` (a tree of shapes) describes.
 
     Tensor names may carry one of `prefixes` (the first under which every expected tensor exists
@@ -127,8 +136,10 @@ def load_flax_params(tensors: CheckpointTensors, param_shapes: dict, *, prefixes
     unexpected; both lists, or a shape that disagrees, are one InputError."""
     expected = {torch_name(path): (path, shape) for path, shape in flatten_dict(param_shapes).items()}
     names = tensors.names()
-    candidates = [{name[len(prefix):]: name for name in names if name.startswith(prefix)} for prefix in prefixes]
-    stored = max(candidates, key=lambda candidate: (expected.keys() <= candidate.keys(), len(expected.keys() & candidate.keys())))
+    candidates = [{name[len(prefix) :]: name for name in names if name.startswith(prefix)} for prefix in prefixes]
+    stored = max(
+        candidates, key=lambda candidate: (expected.keys() <= candidate.keys(), len(expected.keys() & candidate.keys()))
+    )
     missing = sorted(expected.keys() - stored.keys())
     unexpected = sorted(name for name in stored.keys() - expected.keys() if not name.endswith(ignored_suffixes))
     if missing or unexpected:

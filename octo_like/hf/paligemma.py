@@ -18,7 +18,12 @@ from octo_like.hf.siglip import siglip_vision_config_from_dict
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
 
 _PREFIXES = {
-    "vision_tower": ("vision_tower.", "vision_tower.vision_model.", "model.vision_tower.", "model.vision_tower.vision_model."),
+    "vision_tower": (
+        "vision_tower.",
+        "vision_tower.vision_model.",
+        "model.vision_tower.",
+        "model.vision_tower.vision_model.",
+    ),
     "multi_modal_projector": ("multi_modal_projector.", "model.multi_modal_projector."),
     "language_model": ("language_model.model.", "model.language_model.", "language_model."),
 }
@@ -30,7 +35,9 @@ def paligemma_config_from_hf(checkpoint_dir: str) -> PaliGemmaConfig:
     text = {key: value for key, value in raw.get("text_config", {}).items() if key != "use_bidirectional_attention"}
     vision = {"vision_use_head": False, **raw.get("vision_config", {})}
     image_token_id = raw.get("image_token_id", raw.get("image_token_index", 256000))
-    return PaliGemmaConfig(siglip_vision_config_from_dict(vision, path), gemma_config_from_dict(text, path), image_token_id)
+    return PaliGemmaConfig(
+        siglip_vision_config_from_dict(vision, path), gemma_config_from_dict(text, path), image_token_id
+    )
 
 
 def paligemma_param_shapes(config: PaliGemmaConfig) -> dict:
@@ -50,8 +57,13 @@ class LoadedPaliGemma:
     def logits(self, pixels_BHWC, input_ids_BL, attention_mask_BL, token_type_ids_BL=None) -> jax.Array:
         check_image_tokens(input_ids_BL, self.config)
         token_type_ids = None if token_type_ids_BL is None else jnp.asarray(token_type_ids_BL, jnp.int32)
-        return self._apply({"params": self.params}, jnp.asarray(pixels_BHWC), jnp.asarray(input_ids_BL, jnp.int32),
-                           jnp.asarray(attention_mask_BL, jnp.int32), token_type_ids)
+        return self._apply(
+            {"params": self.params},
+            jnp.asarray(pixels_BHWC),
+            jnp.asarray(input_ids_BL, jnp.int32),
+            jnp.asarray(attention_mask_BL, jnp.int32),
+            token_type_ids,
+        )
 
 
 def load_paligemma_params(path: str, config: PaliGemmaConfig, dtype=jnp.float32) -> dict:
@@ -59,8 +71,14 @@ def load_paligemma_params(path: str, config: PaliGemmaConfig, dtype=jnp.float32)
     tensors = CheckpointTensors(path, "PaliGemma checkpoint")
     shapes = paligemma_param_shapes(config)
     return {
-        part: load_flax_params(tensors, shapes[part], prefixes=prefixes, ignored_suffixes=("position_ids",),
-                               dtype=dtype, what=f"PaliGemma checkpoint ({part})")
+        part: load_flax_params(
+            tensors,
+            shapes[part],
+            prefixes=prefixes,
+            ignored_suffixes=("position_ids",),
+            dtype=dtype,
+            what=f"PaliGemma checkpoint ({part})",
+        )
         for part, prefixes in _PREFIXES.items()
     }
 

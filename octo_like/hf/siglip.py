@@ -15,9 +15,18 @@ from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config,
 from octo_like.model.vision.siglip import SiglipVisionConfig, SiglipVisionTransformer
 
 # transformers' SiglipVisionConfig defaults (what save_pretrained omits).
-_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                        num_channels=3, image_size=224, patch_size=16, hidden_act="gelu_pytorch_tanh",
-                        layer_norm_eps=1e-6, vision_use_head=True)
+_VISION_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=16,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+    vision_use_head=True,
+)
 _MODEL_TYPES = ("siglip_vision_model", "siglip")
 # Where the vision tower's tensors sit: SiglipVisionModel (5.x, 4.x) and SiglipModel.
 VISION_PREFIXES = ("", "vision_model.")
@@ -28,10 +37,15 @@ def siglip_vision_config_from_dict(raw: dict, where: str) -> SiglipVisionConfig:
     vision = {**_VISION_DEFAULTS, **raw}
     sizes = {key: square_size(vision[key], key, f"SigLIP config '{where}'") for key in ("image_size", "patch_size")}
     config = SiglipVisionConfig(
-        hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
-        intermediate_size=vision["intermediate_size"], hidden_act=vision["hidden_act"],
-        layer_norm_eps=vision["layer_norm_eps"], num_channels=vision["num_channels"],
-        use_head=bool(vision["vision_use_head"]), **sizes,
+        hidden_size=vision["hidden_size"],
+        num_layers=vision["num_hidden_layers"],
+        num_heads=vision["num_attention_heads"],
+        intermediate_size=vision["intermediate_size"],
+        hidden_act=vision["hidden_act"],
+        layer_norm_eps=vision["layer_norm_eps"],
+        num_channels=vision["num_channels"],
+        use_head=bool(vision["vision_use_head"]),
+        **sizes,
     )
     config.check(f"SigLIP config '{where}'")
     return config
@@ -69,6 +83,12 @@ class LoadedSiglipVision:
 def load_siglip_vision(path: str, dtype=jnp.float32) -> LoadedSiglipVision:
     """A SiglipVisionModel (or SiglipModel) directory: config.json and model.safetensors (or shards and their index)."""
     config, prefixes = _config_and_prefixes(path)
-    params = load_flax_params(CheckpointTensors(path, "SigLIP checkpoint"), siglip_vision_param_shapes(config), prefixes=prefixes,
-                              ignored_suffixes=("position_ids",), dtype=dtype, what="SigLIP checkpoint")
+    params = load_flax_params(
+        CheckpointTensors(path, "SigLIP checkpoint"),
+        siglip_vision_param_shapes(config),
+        prefixes=prefixes,
+        ignored_suffixes=("position_ids",),
+        dtype=dtype,
+        what="SigLIP checkpoint",
+    )
     return LoadedSiglipVision(config, params)

@@ -33,8 +33,10 @@ from octo_like.utils.errors import InputError
 def check_expert_geometry(vlm: GemmaConfig, expert: GemmaConfig) -> None:
     for field in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
         if getattr(vlm, field) != getattr(expert, field):
-            raise InputError(f"action expert {field}={getattr(expert, field)} must equal the VLM's {getattr(vlm, field)}: "
-                             "both streams attend jointly in every layer")
+            raise InputError(
+                f"action expert {field}={getattr(expert, field)} must equal the VLM's {getattr(vlm, field)}: "
+                "both streams attend jointly in every layer"
+            )
 
 
 def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon: int) -> jax.Array:
@@ -45,8 +47,13 @@ def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon:
     # Suffix queries: every valid prefix key; proprio sees itself; actions see proprio and all actions.
     suffix_to_suffix_SS = jnp.eye(suffix, dtype=bool) | is_action_S[:, None]
     top_BPX = jnp.concatenate([prefix_mask_BPP, jnp.zeros((batch, prefix, suffix), bool)], axis=2)
-    bottom_BSX = jnp.concatenate([jnp.broadcast_to(prefix_valid_BP[:, None, :], (batch, suffix, prefix)),
-                                  jnp.broadcast_to(suffix_to_suffix_SS[None], (batch, suffix, suffix))], axis=2)
+    bottom_BSX = jnp.concatenate(
+        [
+            jnp.broadcast_to(prefix_valid_BP[:, None, :], (batch, suffix, prefix)),
+            jnp.broadcast_to(suffix_to_suffix_SS[None], (batch, suffix, suffix)),
+        ],
+        axis=2,
+    )
     return jnp.concatenate([top_BPX, bottom_BSX], axis=1)
 
 
@@ -116,7 +123,9 @@ class ActionExpert(nn.Module):
 
     def setup(self):
         if self.time_conditioning not in TIME_CONDITIONINGS:
-            raise InputError(f"time_conditioning='{self.time_conditioning}'; expected one of {', '.join(TIME_CONDITIONINGS)}")
+            raise InputError(
+                f"time_conditioning='{self.time_conditioning}'; expected one of {', '.join(TIME_CONDITIONINGS)}"
+            )
         width = self.config.hidden_size
         adaptive = self.time_conditioning == "adarms"
         layer = AdaptiveGemmaDecoderLayer if adaptive else GemmaDecoderLayer
@@ -141,7 +150,9 @@ class ActionExpert(nn.Module):
             conditioning = {"cond_BE": nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_BE))))}
         else:
             time_BHE = jnp.broadcast_to(time_BE[:, None], actions_BHE.shape)
-            actions_BHE = self.time_mlp_out(nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1))))
+            actions_BHE = self.time_mlp_out(
+                nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1)))
+            )
             conditioning = {}
         return jnp.concatenate([self.proprio_in(proprio_BD)[:, None], actions_BHE], axis=1), conditioning
 
@@ -167,7 +178,9 @@ class Prefix(NamedTuple):
         padding anywhere in the prefix, e.g. after a short instruction, leaves no gap)."""
         valid_BP = valid_BP.astype(bool)
         positions_BP = jnp.cumsum(valid_BP, axis=1)
-        return cls(embeddings_BPC, positions_BP, valid_BP, prefix_lm_mask(valid_BP, jnp.zeros(valid_BP.shape, jnp.int32)))
+        return cls(
+            embeddings_BPC, positions_BP, valid_BP, prefix_lm_mask(valid_BP, jnp.zeros(valid_BP.shape, jnp.int32))
+        )
 
     def suffix_positions(self, suffix: int) -> jax.Array:
         """Suffix positions continue after each row's valid prefix tokens."""
@@ -240,7 +253,9 @@ class PrefixWithExpert(nn.Module):
         time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
         noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
         predicted_BHA = self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
-        squared_BHA = jnp.where(action_mask_BHA, (predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, 0.0)
+        squared_BHA = jnp.where(
+            action_mask_BHA, (predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, 0.0
+        )
         return squared_BHA.sum() / jnp.maximum(action_mask_BHA.sum(), 1)
 
     def sample(self, vlm_layers, prefix: Prefix, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
@@ -254,11 +269,13 @@ class PrefixWithExpert(nn.Module):
         if not use_cache:
             for index in range(num_steps):
                 time_B = jnp.full((batch,), 1.0 + index * step)
-                noisy_BHA = noisy_BHA + step * self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B).astype(jnp.float32)
+                noisy_BHA = noisy_BHA + step * self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B).astype(
+                    jnp.float32
+                )
             return noisy_BHA
         cache = self.prefix_cache(vlm_layers, prefix)
         suffix_positions_BS = prefix.suffix_positions(1 + self.horizon)
-        mask_BSX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)[:, prefix.valid_BP.shape[1]:]
+        mask_BSX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)[:, prefix.valid_BP.shape[1] :]
         for index in range(num_steps):
             time_B = jnp.full((batch,), 1.0 + index * step)
             suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
@@ -300,7 +317,9 @@ class Pi0(nn.Module):
         prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
         return self.flow.loss(self._layers(), prefix, proprio_BD, actions_BHA, action_mask_BHA, rng)
 
-    def sample(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
+    def sample(
+        self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True
+    ):
         prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
         return self.flow.sample(self._layers(), prefix, proprio_BD, rng, num_steps, use_cache)
 

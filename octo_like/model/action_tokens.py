@@ -77,7 +77,10 @@ class FASTTokenizer:
         """int [H * A]: scaled, rounded DCT coefficients, low frequencies first."""
         chunk_HA = np.asarray(chunk_HA, np.float64)
         if chunk_HA.shape != (self.horizon, self.action_dim):
-            raise InputError(f"action chunk has shape {chunk_HA.shape}; the FAST tokenizer was fit on ({self.horizon}, {self.action_dim})")
+            raise InputError(
+                f"action chunk has shape {chunk_HA.shape}; the FAST tokenizer was fit on ({self.horizon}, "
+                f"{self.action_dim})"
+            )
         coefficients_KA = np.rint(self._dct @ chunk_HA * self.scale).astype(np.int64)
         return np.clip(coefficients_KA, -_MAX_MAGNITUDE, _MAX_MAGNITUDE).reshape(-1)
 
@@ -119,7 +122,9 @@ class FASTTokenizer:
     def load(cls, directory: str) -> "FASTTokenizer":
         for name in ("tokenizer.json", "fast.json"):
             if not os.path.isfile(os.path.join(directory, name)):
-                raise InputError(f"'{directory}' is not a FAST tokenizer: it has no {name} (write one with scripts/fit_fast.py)")
+                raise InputError(
+                    f"'{directory}' is not a FAST tokenizer: it has no {name} (write one with scripts/fit_fast.py)"
+                )
         with open(os.path.join(directory, "fast.json")) as file:
             settings = json.load(file)
         return cls(tokenizers.Tokenizer.from_file(os.path.join(directory, "tokenizer.json")), **settings)
@@ -134,8 +139,9 @@ def fit_fast(chunks_NHA: np.ndarray, vocab_size: int = 1024, scale: float = 10.0
     alphabet = [chr(_FIRST_CODEPOINT + value) for value in range(2 * _MAX_MAGNITUDE + 1)]
     # Every coefficient value is a base token (so any chunk encodes), and merges come from the data.
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=max(vocab_size, len(alphabet)), initial_alphabet=alphabet,
-                                             show_progress=False, max_token_length=8)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=max(vocab_size, len(alphabet)), initial_alphabet=alphabet, show_progress=False, max_token_length=8
+    )
     untrained = FASTTokenizer(bpe, horizon, action_dim, scale)
     texts = (_as_text(untrained.coefficients(chunk)) for chunk in chunks_NHA)
     bpe.train_from_iterator(texts, trainer)

@@ -8,8 +8,13 @@ from typing import Any
 from octo_like.utils.errors import InputError
 
 
-def resolve_architecture(section: Mapping, key: str, from_checkpoint: Callable[[str], Any], presets: Mapping[str, Any],
-                         to_dict: Callable[[Any], dict]) -> dict:
+def resolve_architecture(
+    section: Mapping,
+    key: str,
+    from_checkpoint: Callable[[str], Any],
+    presets: Mapping[str, Any],
+    to_dict: Callable[[Any], dict],
+) -> dict:
     """`section` ({"checkpoint", "size", "config"} at config key `key`) with `config` filled in: from
     the checkpoint's config.json when one is given, else the `size` preset (default "tiny")."""
     section = dict(section)

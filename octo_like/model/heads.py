@@ -404,9 +404,7 @@ class FlowMatchingActionHead(_DenoisingHead):
         noise_BTHA = jax.random.normal(noise_rng, actions_BTHA.shape)
         time_BT11 = time_BT1[..., None]
         noisy_BTHA = time_BT11 * noise_BTHA + (1 - time_BT11) * actions_BTHA
-        velocity_BTHA = self(
-            readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng
-        )
+        velocity_BTHA = self(readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng)
         loss = masked_mean(jnp.square(velocity_BTHA - (noise_BTHA - actions_BTHA)), valid_BTHA)
         return loss, {"loss": loss}
 

@@ -1,6 +1,7 @@
 """LoRA on any Flax parameter tree: low-rank updates of chosen kernels, merged into the base for use.
 
-    lora = init_lora(params, GEMMA_LORA_TARGETS, rank=16, rng=rng)   # params' nesting, {"a": [in, r], "b": [r, out]} per kernel
+    # params' nesting, {"a": [in, r], "b": [r, out]} per kernel
+    lora = init_lora(params, GEMMA_LORA_TARGETS, rank=16, rng=rng)
     logits = module.apply({"params": merge_lora(params, lora, alpha=16)}, ...)   # differentiate w.r.t. `lora`
     release_params = merge_lora(params, lora, alpha=16)                          # one plain tree, no LoRA left
 
@@ -24,7 +25,10 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from octo_like.utils.errors import InputError
 
 # The attention and MLP projections of the Gemma decoder (backbone and action expert alike).
-GEMMA_LORA_TARGETS = (r"(^|/)self_attn/(q_proj|k_proj|v_proj|o_proj)/kernel$", r"(^|/)mlp/(gate_proj|up_proj|down_proj)/kernel$")
+GEMMA_LORA_TARGETS = (
+    r"(^|/)self_attn/(q_proj|k_proj|v_proj|o_proj)/kernel$",
+    r"(^|/)mlp/(gate_proj|up_proj|down_proj)/kernel$",
+)
 
 
 def lora_targets(params: dict, patterns: Sequence[str]) -> list[str]:
@@ -32,7 +36,9 @@ def lora_targets(params: dict, patterns: Sequence[str]) -> list[str]:
     paths = ["/".join(path) for path, leaf in flatten_dict(params).items() if jnp.ndim(leaf) >= 2]
     matched = [path for path in paths if any(re.search(pattern, path) for pattern in patterns)]
     if not matched:
-        raise InputError(f"LoRA patterns {list(patterns)} match no kernel; kernels look like '{paths[0] if paths else '(none)'}'")
+        raise InputError(
+            f"LoRA patterns {list(patterns)} match no kernel; kernels look like '{paths[0] if paths else '(none)'}'"
+        )
     return matched
 
 

@@ -54,8 +54,10 @@ def check_image_tokens(input_ids_BL, config: PaliGemmaConfig) -> None:
     """Every row must hold one image token per patch (eager inputs: numpy or concrete arrays)."""
     counts = set(jnp.sum(jnp.asarray(input_ids_BL) == config.image_token_id, axis=1).tolist())
     if counts != {config.vision.num_patches}:
-        raise InputError(f"input_ids hold {sorted(counts)} image tokens (id {config.image_token_id}) per row; "
-                         f"expected {config.vision.num_patches}, one per image patch")
+        raise InputError(
+            f"input_ids hold {sorted(counts)} image tokens (id {config.image_token_id}) per row; "
+            f"expected {config.vision.num_patches}, one per image patch"
+        )
 
 
 class PaliGemma(nn.Module):
@@ -83,6 +85,7 @@ class PaliGemma(nn.Module):
         """Logits [B, L, V] (tied embeddings)."""
         check_text_inputs(input_ids_BL, attention_mask_BL, self.config.text.max_position_embeddings)
         positions_BL = jnp.broadcast_to(jnp.arange(input_ids_BL.shape[1]) + 1, input_ids_BL.shape)
-        hidden_BLC, _ = self.language_model(self.embed(pixels_BHWC, input_ids_BL), positions_BL,
-                                            prefix_lm_mask(attention_mask_BL, token_type_ids_BL))
+        hidden_BLC, _ = self.language_model(
+            self.embed(pixels_BHWC, input_ids_BL), positions_BL, prefix_lm_mask(attention_mask_BL, token_type_ids_BL)
+        )
         return self.language_model.embed_tokens.attend(hidden_BLC)

@@ -70,7 +70,9 @@ class Temperature(nn.Module):
     @nn.compact
     def __call__(self) -> jax.Array:
         if not self.low < self.initial < self.high:
-            raise InputError(f"temperature {self.initial} must lie strictly between low {self.low} and high {self.high}")
+            raise InputError(
+                f"temperature {self.initial} must lie strictly between low {self.low} and high {self.high}"
+            )
         if not self.learned:
             return jnp.asarray(self.initial, jnp.float32)
         log_low, log_high = math.log(self.low), math.log(self.high)
@@ -96,8 +98,14 @@ class AttentionPooler(nn.Module):
         mask_B1KL = jnp.broadcast_to(mask_BL[:, None, None, :], (batch, 1, self.num_queries, mask_BL.shape[1]))
         for index in range(self.num_layers):
             attention = nn.MultiHeadDotProductAttention(self.num_heads, name=f"attention_{index}")
-            queries_BKW = queries_BKW + attention(nn.LayerNorm(name=f"query_norm_{index}")(queries_BKW), keys_BLW, mask=mask_B1KL)
-            hidden_BKF = nn.gelu(nn.Dense(4 * self.width, name=f"mlp_hidden_{index}")(nn.LayerNorm(name=f"mlp_norm_{index}")(queries_BKW)))
+            queries_BKW = queries_BKW + attention(
+                nn.LayerNorm(name=f"query_norm_{index}")(queries_BKW), keys_BLW, mask=mask_B1KL
+            )
+            hidden_BKF = nn.gelu(
+                nn.Dense(4 * self.width, name=f"mlp_hidden_{index}")(
+                    nn.LayerNorm(name=f"mlp_norm_{index}")(queries_BKW)
+                )
+            )
             queries_BKW = queries_BKW + nn.Dense(self.width, name=f"mlp_out_{index}")(hidden_BKF)
         return nn.LayerNorm(name="output_norm")(queries_BKW)
 
@@ -122,12 +130,20 @@ class TextAwareImageTokenizer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, observation, task, *, train: bool, language_embedding_BC=None,
-        language: TokenGroup | None = None, clip: CLIPModel | None = None,
+        self,
+        observation,
+        task,
+        *,
+        train: bool,
+        language_embedding_BC=None,
+        language: TokenGroup | None = None,
+        clip: CLIPModel | None = None,
     ) -> TokenGroup:
         del train, language_embedding_BC
         if self.selection not in SELECTIONS:
-            raise InputError(f"TextAwareImageTokenizer selection='{self.selection}'; expected one of {', '.join(SELECTIONS)}")
+            raise InputError(
+                f"TextAwareImageTokenizer selection='{self.selection}'; expected one of {', '.join(SELECTIONS)}"
+            )
         if clip is None:
             raise InputError(f"TextAwareImageTokenizer for image_{self.camera} needs a CLIP: set model.clip")
         vision = clip.config.vision
@@ -140,12 +156,15 @@ class TextAwareImageTokenizer(nn.Module):
         mask_BT = observation_mask_BT(observation, key)
 
         if self.selection == "pooled":
-            tokens_BTKW = nn.Dense(self.width, name="pooled_projection")(image["image_embeds"]).reshape(batch, window, 1, self.width)
+            tokens_BTKW = nn.Dense(self.width, name="pooled_projection")(image["image_embeds"]).reshape(
+                batch, window, 1, self.width
+            )
             return TokenGroup(tokens_BTKW, mask_BT[:, :, None])
 
         if language is None or language.tokens.shape[-1] != clip.config.projection_dim:
             raise InputError(
-                f"TextAwareImageTokenizer for {key} needs the CLIP text tower's tokens: set model.language.encoder='clip'"
+                f"TextAwareImageTokenizer for {key} needs the CLIP text tower's tokens: set "
+                "model.language.encoder='clip'"
             )
         ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
         special_BL = (ids_BL == clip.config.text.bos_token_id) | (ids_BL == clip.config.text.eos_token_id)

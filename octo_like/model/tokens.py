@@ -16,4 +16,3 @@ import jax
 class TokenGroup:
     tokens: jax.Array
     mask: jax.Array
-

@@ -70,17 +70,14 @@ def block_attention_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps: in
 
     kind_L = np.concatenate([np.full(num_task, _TASK), np.tile(step_kind_M, num_timesteps)])
     timestep_L = np.concatenate([np.full(num_task, -1), np.repeat(np.arange(num_timesteps), num_step)])
-    group_L = np.concatenate(
-        [np.repeat(np.arange(len(task_sizes)), task_sizes), np.tile(step_group_M, num_timesteps)]
-    )
+    group_L = np.concatenate([np.repeat(np.arange(len(task_sizes)), task_sizes), np.tile(step_group_M, num_timesteps)])
 
     q_kind, k_kind = kind_L[:, None], kind_L[None, :]
     q_time, k_time = timestep_L[:, None], timestep_L[None, :]
     everyone_sees_task = k_kind == _TASK
     causal_obs = (k_kind == _OBS) & (q_kind != _TASK) & (k_time <= q_time)
     own_readouts = (
-        (k_kind == _READOUT) & (q_kind == _READOUT) & (group_L[:, None] == group_L[None, :])
-        & (k_time == q_time)
+        (k_kind == _READOUT) & (q_kind == _READOUT) & (group_L[:, None] == group_L[None, :]) & (k_time == q_time)
     )
     return everyone_sees_task | causal_obs | own_readouts
 
@@ -121,9 +118,7 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x_BLC: jax.Array, mask_B1QK: jax.Array, train: bool) -> jax.Array:
         y_BLC = nn.LayerNorm(name="attention_norm")(x_BLC)
-        y_BLC = _Attention(self.num_heads, self.attention_dropout_rate, name="attention")(
-            y_BLC, mask_B1QK, train
-        )
+        y_BLC = _Attention(self.num_heads, self.attention_dropout_rate, name="attention")(y_BLC, mask_B1QK, train)
         x_BLC = x_BLC + nn.Dropout(self.dropout_rate)(y_BLC, deterministic=not train)
 
         y_BLC = nn.LayerNorm(name="mlp_norm")(x_BLC)

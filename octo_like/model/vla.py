@@ -7,8 +7,8 @@ A action dimensions, V vocabulary.
 
     backbone: {"checkpoint": None, "size": "tiny" | "3B", "config": None}
         a PaliGemmaForConditionalGeneration directory (architecture and weights), else a randomly
-        initialized preset of VLA_SIZES; `resolve_vla_config` writes the architecture into `config`
-        so that a release rebuilds it without the checkpoint.
+        initialized preset of VLA_SIZES; `octo_like.policy.build.resolve_vla_config` writes the
+        architecture into `config` so that a release rebuilds it without the checkpoint.
     action: {"kind": "bins" | "fast" | "flow", "horizon": 4, "action_dim": 4,
              "n_bins": 256,                      bins: RT-2 / OpenVLA uniform bins over [-1, 1]
              "fast_tokenizer": None,             fast: a directory written by scripts/fit_fast.py
@@ -47,32 +47,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.hf.paligemma import paligemma_config_from_hf
-from octo_like.model.action_expert import TIME_CONDITIONINGS, Prefix, PrefixWithExpert
+from octo_like.model.action_expert import Prefix, PrefixWithExpert
 from octo_like.model.action_tokens import ActionBins, FASTTokenizer
-from octo_like.model.architecture import resolve_architecture
 from octo_like.model.language.gemma import GEMMA_SIZES, GemmaConfig
-from octo_like.model.lora import GEMMA_LORA_TARGETS
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
 from octo_like.model.vision.siglip import SIGLIP_SIZES, SiglipVisionConfig
 from octo_like.utils.errors import InputError
 
 ACTION_KINDS = ("bins", "fast", "flow")
-ACTION_DEFAULTS = {"n_bins": 256, "fast_tokenizer": None, "max_action_tokens": 32,
-                   "expert": {"hidden_size": 64, "intermediate_size": 256}, "time_conditioning": "concat"}
-LORA_DEFAULTS = {"rank": 16, "alpha": 16.0, "targets": GEMMA_LORA_TARGETS}
-
 # tiny: CPU-sized, 64x64 images (16 patches), a vocabulary that holds the installed MiniLM
 # tokenizer's 30522 ids below 1025 action ids. 3B: pi0's PaliGemma-3B (So400m/14 at 224, Gemma 2B).
 VLA_SIZES = {
     "tiny": PaliGemmaConfig(
-        dataclasses.replace(SIGLIP_SIZES["B/16"], hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                            image_size=64, patch_size=16, use_head=False),
-        dataclasses.replace(GEMMA_SIZES["tiny"], vocab_size=32000, hidden_size=128, num_heads=4, head_dim=32,
-                            intermediate_size=512),
-        image_token_id=31999),
-    "3B": PaliGemmaConfig(dataclasses.replace(SIGLIP_SIZES["So400m/14"], use_head=False),
-                          dataclasses.replace(GEMMA_SIZES["2B"], vocab_size=257216), image_token_id=257152),
+        dataclasses.replace(
+            SIGLIP_SIZES["B/16"],
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=256,
+            image_size=64,
+            patch_size=16,
+            use_head=False,
+        ),
+        dataclasses.replace(
+            GEMMA_SIZES["tiny"], vocab_size=32000, hidden_size=128, num_heads=4, head_dim=32, intermediate_size=512
+        ),
+        image_token_id=31999,
+    ),
+    "3B": PaliGemmaConfig(
+        dataclasses.replace(SIGLIP_SIZES["So400m/14"], use_head=False),
+        dataclasses.replace(GEMMA_SIZES["2B"], vocab_size=257216),
+        image_token_id=257152,
+    ),
 }
 # pi0's action expert is Gemma-300M: width 1024, MLP 4096, the 2B's attention geometry.
 EXPERT_3B = {"hidden_size": 1024, "intermediate_size": 4096}
@@ -80,26 +86,13 @@ EXPERT_3B = {"hidden_size": 1024, "intermediate_size": 4096}
 
 def paligemma_config_from_dict(values: Mapping, where: str) -> PaliGemmaConfig:
     try:
-        return PaliGemmaConfig(SiglipVisionConfig(**values["vision"]), GemmaConfig(**values["text"]), values["image_token_id"])
+        return PaliGemmaConfig(
+            SiglipVisionConfig(**values["vision"]), GemmaConfig(**values["text"]), values["image_token_id"]
+        )
     except (KeyError, TypeError) as error:
-        raise InputError(f"{where} is not a PaliGemma architecture ({error}); expected the dict resolve_vla_config writes") from None
-
-
-def resolve_vla_config(vla: Mapping) -> dict:
-    """`vla` with defaults filled in and the backbone architecture written into `backbone.config`."""
-    vla = {"lora": None, **vla}
-    action = {**ACTION_DEFAULTS, **vla["action"]}
-    if action["kind"] not in ACTION_KINDS:
-        raise InputError(f"model.vla.action.kind='{action['kind']}'; expected one of {', '.join(ACTION_KINDS)}")
-    if action["time_conditioning"] not in TIME_CONDITIONINGS:
-        raise InputError(f"model.vla.action.time_conditioning='{action['time_conditioning']}'; expected one of {', '.join(TIME_CONDITIONINGS)}")
-    if action["kind"] == "fast" and not action["fast_tokenizer"]:
-        raise InputError("model.vla.action.kind='fast' needs model.vla.action.fast_tokenizer (write one with scripts/fit_fast.py)")
-    backbone = resolve_architecture(vla["backbone"], "model.vla.backbone", paligemma_config_from_hf, VLA_SIZES, dataclasses.asdict)
-    lora = None if vla["lora"] is None else {**LORA_DEFAULTS, **vla["lora"]}
-    if lora is not None:
-        lora["targets"] = list(lora["targets"])
-    return {**vla, "backbone": backbone, "action": action, "lora": lora}
+        raise InputError(
+            f"{where} is not a PaliGemma architecture ({error}); expected the dict resolve_vla_config writes"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -113,7 +106,9 @@ def fast_id_range(directory: str, vocab_size: int) -> tuple[int, int]:
     return vocab_size - 1 - load_fast_tokenizer(directory).vocab_size, vocab_size - 1
 
 
-def fast_token_ids(directory: str, vocab_size: int, max_tokens: int, chunks_BHA: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fast_token_ids(
+    directory: str, vocab_size: int, max_tokens: int, chunks_BHA: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Host side of the FAST loss: (ids int32 [B, max_tokens], mask bool [B, max_tokens]) in the
     backbone's vocabulary, each chunk's BPE tokens then the end id; longer sequences are cut."""
     fast = load_fast_tokenizer(directory)
@@ -155,8 +150,13 @@ class VLANetwork(nn.Module):
         width = self.backbone_config.text.hidden_size
         self.backbone = PaliGemma(self.backbone_config)
         if self.action["kind"] == "flow":
-            self.flow = PrefixWithExpert(self.backbone_config.text, self.expert_config, self.action["action_dim"],
-                                         self.action["horizon"], self.action["time_conditioning"])
+            self.flow = PrefixWithExpert(
+                self.backbone_config.text,
+                self.expert_config,
+                self.action["action_dim"],
+                self.action["horizon"],
+                self.action["time_conditioning"],
+            )
         else:
             self.proprio_in = nn.Dense(width)
             self.action_start = self.param("action_start", nn.initializers.normal(0.02), (width,))
@@ -173,13 +173,19 @@ class VLANetwork(nn.Module):
             batch, window = images_BTHWC.shape[:2]
             size = self.backbone_config.vision.image_size
             if tuple(images_BTHWC.shape[2:4]) != (size, size):
-                raise InputError(f"observation['{key}'] holds {images_BTHWC.shape[2]}x{images_BTHWC.shape[3]} images; the backbone's "
-                                 f"SigLIP reads {size}x{size} (dataset.frame_transform_kwargs.resize_size.{key.removeprefix('image_')})")
+                raise InputError(
+                    f"observation['{key}'] holds {images_BTHWC.shape[2]}x{images_BTHWC.shape[3]} images; the "
+                    "backbone's "
+                    f"SigLIP reads {size}x{size} "
+                    f"(dataset.frame_transform_kwargs.resize_size.{key.removeprefix('image_')})"
+                )
             # SigLIP's preprocessing: pixels scaled to [-1, 1].
             pixels = images_BTHWC.reshape(batch * window, *images_BTHWC.shape[2:]).astype(jnp.float32) / 127.5 - 1.0
             image_BNC = self.backbone.multi_modal_projector(self.backbone.vision_tower(pixels)["last_hidden_state"])
             image_BPC = image_BNC.reshape(batch, -1, image_BNC.shape[-1])
-            step_valid_BT = timestep_valid_BT & observation.get("pad_mask_dict", {}).get(key, timestep_valid_BT).astype(bool)
+            step_valid_BT = timestep_valid_BT & observation.get("pad_mask_dict", {}).get(key, timestep_valid_BT).astype(
+                bool
+            )
             pieces.append(image_BPC)
             valid.append(jnp.repeat(step_valid_BT, image_BNC.shape[1], axis=1))
         instruction = task.get("language_instruction")
@@ -200,7 +206,9 @@ class VLANetwork(nn.Module):
             extra.append(self.proprio_in(observation["proprio"][:, -1].astype(embeddings_BPC.dtype))[:, None])
         extra.append(jnp.broadcast_to(self.action_start.astype(embeddings_BPC.dtype), (batch, 1, width)))
         extra_BEC = jnp.concatenate(extra, axis=1).astype(embeddings_BPC.dtype)
-        return jnp.concatenate([embeddings_BPC, extra_BEC], axis=1), jnp.concatenate([valid_BP, jnp.ones(extra_BEC.shape[:2], bool)], axis=1)
+        return jnp.concatenate([embeddings_BPC, extra_BEC], axis=1), jnp.concatenate(
+            [valid_BP, jnp.ones(extra_BEC.shape[:2], bool)], axis=1
+        )
 
     def _proprio(self, observation, batch: int) -> jax.Array:
         if "proprio" in observation:
@@ -232,8 +240,10 @@ class VLANetwork(nn.Module):
         if self.action["kind"] == "bins":
             bins = ActionBins(self._vocab, self.action["n_bins"])
             return bins.encode(actions_BHA, xp=jnp).reshape(batch, -1), valid_BHA.reshape(batch, -1)
-        shapes = (jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.int32),
-                  jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.bool_))
+        shapes = (
+            jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.bool_),
+        )
         encode = functools.partial(fast_token_ids, self.action["fast_tokenizer"], self._vocab, self.num_action_tokens)
         ids_BS, mask_BS = jax.pure_callback(encode, shapes, actions_BHA.astype(jnp.float32), vmap_method="sequential")
         # A chunk with a padded step or dimension (episode end, a dataset with fewer dimensions)
@@ -246,9 +256,11 @@ class VLANetwork(nn.Module):
         inputs_BXC = jnp.concatenate([prefix_BPC, language.embed(targets_BS[:, :-1]).astype(prefix_BPC.dtype)], axis=1)
         suffix = targets_BS.shape[1] - 1
         valid_BX = jnp.concatenate([prefix_valid_BP, jnp.ones((targets_BS.shape[0], suffix), bool)], axis=1)
-        types_BX = jnp.concatenate([jnp.zeros_like(prefix_valid_BP, jnp.int32), jnp.ones((targets_BS.shape[0], suffix), jnp.int32)], axis=1)
+        types_BX = jnp.concatenate(
+            [jnp.zeros_like(prefix_valid_BP, jnp.int32), jnp.ones((targets_BS.shape[0], suffix), jnp.int32)], axis=1
+        )
         hidden_BXC, _ = language(inputs_BXC, jnp.cumsum(valid_BX, axis=1), prefix_lm_mask(valid_BX, types_BX))
-        return language.embed_tokens.attend(hidden_BXC[:, prefix_BPC.shape[1] - 1:])
+        return language.embed_tokens.attend(hidden_BXC[:, prefix_BPC.shape[1] - 1 :])
 
     def _greedy_action_token(self, logits_BV: jax.Array) -> jax.Array:
         first = self._first_action_id()
@@ -270,8 +282,11 @@ class VLANetwork(nn.Module):
         total = prefix + num_tokens - 1
         caches = language.empty_caches(batch, total, prefix_BPC.dtype)
         valid_BX = jnp.zeros((batch, total), bool).at[:, :prefix].set(prefix_valid_BP)
-        prefix_mask_BPX = jnp.zeros((batch, prefix, total), bool).at[:, :, :prefix].set(
-            prefix_lm_mask(prefix_valid_BP, jnp.zeros((batch, prefix), jnp.int32)))
+        prefix_mask_BPX = (
+            jnp.zeros((batch, prefix, total), bool)
+            .at[:, :, :prefix]
+            .set(prefix_lm_mask(prefix_valid_BP, jnp.zeros((batch, prefix), jnp.int32)))
+        )
         hidden_BPC, caches = language(prefix_BPC, jnp.cumsum(prefix_valid_BP, axis=1), prefix_mask_BPX, caches, 0)
         first_B = self._greedy_action_token(language.embed_tokens.attend(hidden_BPC[:, -1]))
         tokens_BS = jnp.zeros((batch, num_tokens), jnp.int32).at[:, 0].set(first_B)
@@ -294,9 +309,16 @@ class VLANetwork(nn.Module):
         """(chunks [B, H, A], valid [B])."""
         batch, horizon, action_dim = tokens_BS.shape[0], self.action["horizon"], self.action["action_dim"]
         if self.action["kind"] == "bins":
-            chunks = ActionBins(self._vocab, self.action["n_bins"]).decode(tokens_BS, xp=jnp).reshape(batch, horizon, action_dim)
+            chunks = (
+                ActionBins(self._vocab, self.action["n_bins"])
+                .decode(tokens_BS, xp=jnp)
+                .reshape(batch, horizon, action_dim)
+            )
             return chunks, jnp.ones(batch, bool)
-        shapes = (jax.ShapeDtypeStruct((batch, horizon, action_dim), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.bool_))
+        shapes = (
+            jax.ShapeDtypeStruct((batch, horizon, action_dim), jnp.float32),
+            jax.ShapeDtypeStruct((batch,), jnp.bool_),
+        )
         decode = functools.partial(fast_chunks, self.action["fast_tokenizer"], self._vocab)
         return jax.pure_callback(decode, shapes, tokens_BS, vmap_method="sequential")
 
@@ -308,8 +330,13 @@ class VLANetwork(nn.Module):
         horizon, action_dim = self.action["horizon"], self.action["action_dim"]
         if self.action["kind"] == "flow":
             prefix = Prefix.bidirectional(*self._prefix(observation, task))
-            return self.flow.velocity(self.backbone.language_model.layers, prefix, self._proprio(observation, batch),
-                                      jnp.zeros((batch, horizon, action_dim)), jnp.ones(batch))
+            return self.flow.velocity(
+                self.backbone.language_model.layers,
+                prefix,
+                self._proprio(observation, batch),
+                jnp.zeros((batch, horizon, action_dim)),
+                jnp.ones(batch),
+            )
         prefix_BPC, valid_BP = self._token_prefix(observation, task)
         return self._token_logits(prefix_BPC, valid_BP, jnp.zeros((batch, 2), jnp.int32))
 
@@ -318,8 +345,14 @@ class VLANetwork(nn.Module):
         valid_BHA = action_pad_mask_BTHA[:, -1] & observation["timestep_pad_mask"][:, -1, None, None]
         if self.action["kind"] == "flow":
             prefix = Prefix.bidirectional(*self._prefix(observation, task))
-            loss = self.flow.loss(self.backbone.language_model.layers, prefix, self._proprio(observation, actions_BHA.shape[0]),
-                                  actions_BHA, valid_BHA, rng)
+            loss = self.flow.loss(
+                self.backbone.language_model.layers,
+                prefix,
+                self._proprio(observation, actions_BHA.shape[0]),
+                actions_BHA,
+                valid_BHA,
+                rng,
+            )
             return loss, {"action_flow_loss": loss}
         targets_BS, mask_BS = self._targets(actions_BHA, valid_BHA)
         logits_BSV = self._token_logits(*self._token_prefix(observation, task), targets_BS).astype(jnp.float32)
@@ -329,14 +362,24 @@ class VLANetwork(nn.Module):
         accuracy = jnp.where(mask_BS, jnp.argmax(logits_BSV, axis=-1) == targets_BS, False).sum() / count
         return loss, {"action_token_loss": loss, "action_token_accuracy": accuracy}
 
-    def _sample(self, observation, task, rng, num_steps: int = 10, use_cache: bool = True) -> tuple[jax.Array, jax.Array]:
+    def _sample(
+        self, observation, task, rng, num_steps: int = 10, use_cache: bool = True
+    ) -> tuple[jax.Array, jax.Array]:
         if self.action["kind"] == "flow":
             prefix = Prefix.bidirectional(*self._prefix(observation, task))
             batch = prefix.valid_BP.shape[0]
-            chunks = self.flow.sample(self.backbone.language_model.layers, prefix, self._proprio(observation, batch), rng,
-                                      num_steps, use_cache)
+            chunks = self.flow.sample(
+                self.backbone.language_model.layers,
+                prefix,
+                self._proprio(observation, batch),
+                rng,
+                num_steps,
+                use_cache,
+            )
             return chunks, jnp.ones(batch, bool)
-        return self._actions_from_tokens(self.decode_tokens(*self._token_prefix(observation, task), use_cache=use_cache))
+        return self._actions_from_tokens(
+            self.decode_tokens(*self._token_prefix(observation, task), use_cache=use_cache)
+        )
 
     def action_mse(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng):
         predicted_BHA, valid_B = self._sample(observation, task, rng)
@@ -350,7 +393,9 @@ class VLANetwork(nn.Module):
     def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping):
         """Chunks [B, 1, H, A] of the last step; `sampling`: num_steps (flow), use_cache."""
         del head  # one action representation: "action"
-        unknown = sorted(set(sampling) - ({"num_steps", "use_cache"} if self.action["kind"] == "flow" else {"use_cache"}))
+        unknown = sorted(
+            set(sampling) - ({"num_steps", "use_cache"} if self.action["kind"] == "flow" else {"use_cache"})
+        )
         if unknown:
             raise InputError(f"sampling options {unknown} do not apply to '{self.action['kind']}' actions")
         return self._sample(observation, task, rng, **sampling)[0][:, None]
@@ -364,5 +409,8 @@ def make_vla_network(vla: Mapping) -> VLANetwork:
     if action["kind"] == "flow":
         expert = dataclasses.replace(backbone.text, **action["expert"])
     if action["kind"] == "bins" and action["n_bins"] > backbone.text.vocab_size:
-        raise InputError(f"model.vla.action.n_bins={action['n_bins']} exceeds the backbone's vocabulary of {backbone.text.vocab_size}")
+        raise InputError(
+            f"model.vla.action.n_bins={action['n_bins']} exceeds the backbone's vocabulary of "
+            f"{backbone.text.vocab_size}"
+        )
     return VLANetwork(backbone, action, expert)

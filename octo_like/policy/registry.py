@@ -23,20 +23,22 @@ from octo_like.utils.spec import SPEC_KEYS, is_spec
 
 RELEASE_CONFIG = "config.json"
 
-RELEASE_COMPONENTS = frozenset({
-    # Action heads (every class of octo_like.model.heads.HEADS).
-    "octo_like.model.heads:ContinuousActionHead",
-    "octo_like.model.heads:DiscreteActionHead",
-    "octo_like.model.heads:DiffusionActionHead",
-    "octo_like.model.heads:FlowMatchingActionHead",
-    # Observation and task tokenizers.
-    "octo_like.model.tokenizers:ImageTokenizer",
-    "octo_like.model.tokenizers:GoalImageTokenizer",
-    "octo_like.model.tokenizers:ProprioTokenizer",
-    "octo_like.model.text_aware:TextAwareImageTokenizer",
-    # The data pipeline's instruction tokenizer (dataset.traj_transform_kwargs.text_tokenizer).
-    "octo_like.data.language:TextTokenizer",
-})
+RELEASE_COMPONENTS = frozenset(
+    {
+        # Action heads (every class of octo_like.model.heads.HEADS).
+        "octo_like.model.heads:ContinuousActionHead",
+        "octo_like.model.heads:DiscreteActionHead",
+        "octo_like.model.heads:DiffusionActionHead",
+        "octo_like.model.heads:FlowMatchingActionHead",
+        # Observation and task tokenizers.
+        "octo_like.model.tokenizers:ImageTokenizer",
+        "octo_like.model.tokenizers:GoalImageTokenizer",
+        "octo_like.model.tokenizers:ProprioTokenizer",
+        "octo_like.model.text_aware:TextAwareImageTokenizer",
+        # The data pipeline's instruction tokenizer (dataset.traj_transform_kwargs.text_tokenizer).
+        "octo_like.data.language:TextTokenizer",
+    }
+)
 _REGISTERED: set[str] = set()  # added by the user's code (register_release_component)
 
 
@@ -64,13 +66,17 @@ def check_release_config(config: Mapping, source: str) -> None:
             continue
         where = f"{source}: {path or 'the top level'}"
         if not is_spec(node) or set(node) - set(SPEC_KEYS):
-            raise InputError(f"{where} is a malformed component spec (keys [{', '.join(map(str, node))}]); expected "
-                             "string 'module' and 'name' naming a registered component, and optional 'args', 'kwargs'")
+            raise InputError(
+                f"{where} is a malformed component spec (keys [{', '.join(map(str, node))}]); expected "
+                "string 'module' and 'name' naming a registered component, and optional 'args', 'kwargs'"
+            )
         target = f"{node['module']}:{node['name']}"
         if target not in RELEASE_COMPONENTS and target not in _REGISTERED:
-            raise InputError(f"{where} names '{target}', which is not a registered component; a release may name only "
-                             "the components of octo_like/policy/registry.py and those registered with "
-                             "register_release_component")
+            raise InputError(
+                f"{where} names '{target}', which is not a registered component; a release may name only "
+                "the components of octo_like/policy/registry.py and those registered with "
+                "register_release_component"
+            )
 
 
 def register_release_component(target: str) -> None:
@@ -90,16 +96,19 @@ def read_config_json(run_dir: str) -> dict:
         with open(path, encoding="utf-8") as file:
             config = json.load(file)
     except OSError as error:
-        raise InputError(f"cannot read release config '{path}' ({error.strerror}); expected a run directory "
-                         f"with {RELEASE_CONFIG}") from error
+        raise InputError(
+            f"cannot read release config '{path}' ({error.strerror}); expected a run directory with {RELEASE_CONFIG}"
+        ) from error
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InputError(f"release config '{path}' is not valid JSON ({error}); expected the JSON object that "
-                         "save_pretrained writes") from error
+        raise InputError(
+            f"release config '{path}' is not valid JSON ({error}); expected the JSON object that save_pretrained writes"
+        ) from error
     if not isinstance(config, dict):
         raise InputError(f"release config '{path}' holds a JSON {type(config).__name__}; expected a JSON object")
     if not isinstance(config.get("model"), dict):
-        raise InputError(f"release config '{path}' has no 'model' object; expected the model section that "
-                         "save_pretrained writes")
+        raise InputError(
+            f"release config '{path}' has no 'model' object; expected the model section that save_pretrained writes"
+        )
     return config
 
 

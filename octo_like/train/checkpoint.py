@@ -1,8 +1,8 @@
-"""Resuming training from the `state` item of a run directory's orbax steps (see octo_like.model.release)."""
+"""Resuming training from the `state` item of a run directory's orbax steps (see octo_like.policy.release)."""
 
 import orbax.checkpoint as ocp
 
-from octo_like.model.release import abstract_tree, move_aside_steps_after, restore_latest_good, restore_verified
+from octo_like.policy.release import abstract_tree, move_aside_steps_after, restore_latest_good, restore_verified
 
 
 def restore_state(manager: ocp.CheckpointManager, state_like):

@@ -23,8 +23,12 @@ from jax.experimental import multihost_utils
 from octo_like.utils.errors import InputError
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, auto: bool = False) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
     """`jax.distributed.initialize` when the settings ask for more than one process; must run
     before the first JAX computation of the process. Does nothing for a single process."""
     if coordinator_address is None and not auto:
@@ -38,14 +42,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         if not isinstance(coordinator_address, str) or not coordinator_address.rpartition(":")[2].isdigit():
             raise InputError(f"distributed.coordinator_address={coordinator_address!r}: expected 'host:port'")
         if not isinstance(num_processes, int) or num_processes < 1:
-            raise InputError(f"distributed.num_processes={num_processes!r}: expected a positive integer with a coordinator_address")
+            raise InputError(
+                f"distributed.num_processes={num_processes!r}: expected a positive integer with a coordinator_address"
+            )
         if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
-            raise InputError(f"distributed.process_id={process_id!r}: expected an integer in [0, num_processes={num_processes})")
+            raise InputError(
+                f"distributed.process_id={process_id!r}: expected an integer in [0, num_processes={num_processes})"
+            )
     if jax.distributed.is_initialized():
         return
     # Cross-process collectives of the CPU backend (tests, CPU clusters); GPUs and TPUs use their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
 
 
 def is_primary() -> bool:
@@ -68,7 +78,9 @@ def raise_everywhere(primary_error: Exception | None) -> None:
 def local_batch_size(global_batch_size: int) -> int:
     """This process's part of the global batch."""
     if global_batch_size % jax.process_count():
-        raise InputError(f"batch_size={global_batch_size} (the global batch) is not divisible by the {jax.process_count()} processes")
+        raise InputError(
+            f"batch_size={global_batch_size} (the global batch) is not divisible by the {jax.process_count()} processes"
+        )
     return global_batch_size // jax.process_count()
 
 

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from octo_like.utils.errors import InputError
 from octo_like.utils.sharding import BATCH_AXES, place_params
+
 TENSOR_AXIS = "tensor"
 FSDP_MIN_SIZE = 2**14  # smaller arrays cost more in all-gathers than they save in memory
 
@@ -44,7 +45,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | No
     devices = list(devices if devices is not None else jax.devices())
     if fsdp == -1 and isinstance(data, int) and data >= 1 and isinstance(tensor, int) and tensor >= 1:
         if len(devices) % (data * tensor):
-            raise InputError(f"mesh data={data} x tensor={tensor} does not divide the {len(devices)} devices (fsdp=-1 takes the rest)")
+            raise InputError(
+                f"mesh data={data} x tensor={tensor} does not divide the {len(devices)} devices (fsdp=-1 takes "
+                "the rest)"
+            )
         fsdp = len(devices) // (data * tensor)
     for name, size in (("fsdp", fsdp), ("tensor", tensor)):
         if not isinstance(size, int) or size < 1:
@@ -58,7 +62,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: list | No
         data = len(devices) // math.prod(sizes.values())
     sizes = {"data": data, **sizes}
     if math.prod(sizes.values()) != len(devices):
-        raise InputError(f"mesh {_shape_str(sizes)} needs {math.prod(sizes.values())} devices; there are {len(devices)}")
+        raise InputError(
+            f"mesh {_shape_str(sizes)} needs {math.prod(sizes.values())} devices; there are {len(devices)}"
+        )
     return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes))
 
 
@@ -77,7 +83,8 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     shards = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
     if batch_size % shards:
         raise InputError(
-            f"batch_size={batch_size} is not divisible by the {shards} data x fsdp devices of the mesh {dict(mesh.shape)}"
+            f"batch_size={batch_size} is not divisible by the {shards} data x fsdp devices of the mesh "
+            f"{dict(mesh.shape)}"
         )
 
 
@@ -110,7 +117,9 @@ def default_fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = FSDP
     return PartitionSpec(*(("fsdp" if i == axis else None) for i in range(len(shape))))
 
 
-def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
+def param_shardings(
+    params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE
+):
     """A pytree of NamedSharding shaped like `params` (any pytree: parameters, optimizer states, ...).
 
     Each leaf's "/"-joined path is matched with `re.search` against the rules in order, so a rule like
@@ -136,7 +145,9 @@ def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec
     return jax.tree_util.tree_map_with_path(sharding_for, params)
 
 
-def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE):
+def shard_params(
+    params, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]] = (), fsdp_min_size: int = FSDP_MIN_SIZE
+):
     """`params` (any pytree of host values or single-device arrays, the same in every process)
     placed on the mesh with `param_shardings` (see `place_params`)."""
     return place_params(params, param_shardings(params, mesh, rules, fsdp_min_size))

@@ -74,7 +74,9 @@ def plot_losses(run_dir: str) -> str:
     axes.set_ylabel("loss")
     axes.set_yscale("log")
     handles, labels = axes.get_legend_handles_labels()
-    success = sorted((record["step"], record["rollout/mean_success"]) for record in records if "rollout/mean_success" in record)
+    success = sorted(
+        (record["step"], record["rollout/mean_success"]) for record in records if "rollout/mean_success" in record
+    )
     if success:
         success_axes = axes.twinx()
         success_axes.plot(*zip(*success), color="tab:green", marker="o", label="success (rollouts)")
@@ -96,7 +98,11 @@ def check_finite_metrics(step: int, metrics: dict, batch: dict) -> None:
     for name in names:
         values = np.ravel(metrics[name])
         if not np.isfinite(values).all():
-            datasets = sorted({raw.decode() if isinstance(raw, bytes) else str(raw) for raw in batch.get("dataset_name", [])})
-            raise InputError(f"training stopped at step {step}: train/{name} is {float(values[~np.isfinite(values)][0])} "
-                             f"on a batch from {', '.join(datasets) or 'unknown datasets'}; nothing was saved after the last "
-                             "good checkpoint (expected finite data and a stable learning rate)")
+            datasets = sorted(
+                {raw.decode() if isinstance(raw, bytes) else str(raw) for raw in batch.get("dataset_name", [])}
+            )
+            raise InputError(
+                f"training stopped at step {step}: train/{name} is {float(values[~np.isfinite(values)][0])} "
+                f"on a batch from {', '.join(datasets) or 'unknown datasets'}; nothing was saved after the last "
+                "good checkpoint (expected finite data and a stable learning rate)"
+            )

@@ -1,14 +1,14 @@
 """The optimizer of a config: AdamW, warm-up then cosine or rsqrt decay, clipping, frozen parameters.
 
-    optimizer:
-      learning_rate: 3e-4        peak, reached after warmup_steps
-      warmup_steps: 1000
-      decay: "cosine"            "cosine" (to final_lr_fraction at num_steps), "rsqrt" or "constant"
-      weight_decay: 0.01
-      clip_gradient: 1.0         global-norm clipping (0 or None: off)
-      frozen_keys: ("language_encoder/*",)   glob patterns on "/"-joined parameter paths
-      trainable_keys: None       when set, only parameters matching one of these patterns train
-                                 (finetuning modes); frozen_keys still apply on top
+optimizer:
+  learning_rate: 3e-4        peak, reached after warmup_steps
+  warmup_steps: 1000
+  decay: "cosine"            "cosine" (to final_lr_fraction at num_steps), "rsqrt" or "constant"
+  weight_decay: 0.01
+  clip_gradient: 1.0         global-norm clipping (0 or None: off)
+  frozen_keys: ("language_encoder/*",)   glob patterns on "/"-joined parameter paths
+  trainable_keys: None       when set, only parameters matching one of these patterns train
+                             (finetuning modes); frozen_keys still apply on top
 """
 
 import fnmatch
@@ -22,8 +22,9 @@ from octo_like.utils.errors import InputError
 DECAYS = ("cosine", "rsqrt", "constant")
 
 
-def learning_rate_schedule(learning_rate: float, warmup_steps: int, num_steps: int, decay: str = "cosine",
-                           final_lr_fraction: float = 0.0) -> optax.Schedule:
+def learning_rate_schedule(
+    learning_rate: float, warmup_steps: int, num_steps: int, decay: str = "cosine", final_lr_fraction: float = 0.0
+) -> optax.Schedule:
     if decay not in DECAYS:
         raise InputError(f"optimizer.decay='{decay}'; expected one of {', '.join(DECAYS)}")
     warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
@@ -54,21 +55,28 @@ def frozen_mask(params, frozen_keys: Sequence[str], trainable_keys: Sequence[str
     return jax.tree_util.tree_map_with_path(frozen, params)
 
 
-def make_optimizer(params, config: Mapping, num_steps: int, always_frozen: Sequence[str] = ()
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    params, config: Mapping, num_steps: int, always_frozen: Sequence[str] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optimizer, learning-rate schedule) for `params`; frozen parameters get no update at all.
 
     `always_frozen` (the model's frozen encoders, `PolicyModel.frozen_keys`) is frozen whatever the
     config says: a zero gradient alone would still let weight decay shrink a frozen encoder."""
     schedule = learning_rate_schedule(
-        config["learning_rate"], config.get("warmup_steps", 0), num_steps, config.get("decay", "cosine"),
+        config["learning_rate"],
+        config.get("warmup_steps", 0),
+        num_steps,
+        config.get("decay", "cosine"),
         config.get("final_lr_fraction", 0.0),
     )
     transforms = []
     if config.get("clip_gradient"):
         transforms.append(optax.clip_by_global_norm(config["clip_gradient"]))
-    transforms.append(optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                                  weight_decay=config.get("weight_decay", 0.0)))
+    transforms.append(
+        optax.adamw(
+            schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), weight_decay=config.get("weight_decay", 0.0)
+        )
+    )
     optimizer = optax.chain(*transforms)
     frozen_keys = (*config.get("frozen_keys", ()), *always_frozen)
     trainable_keys = config.get("trainable_keys")

@@ -55,8 +55,10 @@ def check_rollout_eval_config(config: Mapping) -> None:
 
     resolve_tasks(settings.tasks)
     if settings.interval % config["save_interval"]:
-        raise InputError(f"rollout_eval.interval={settings.interval} is not a multiple of save_interval={config['save_interval']}; "
-                         "expected rollouts of saved steps")
+        raise InputError(
+            f"rollout_eval.interval={settings.interval} is not a multiple of save_interval={config['save_interval']}; "
+            "expected rollouts of saved steps"
+        )
 
 
 def results_path(run_dir: str, step: int) -> str:
@@ -82,7 +84,7 @@ class RolloutEvaluator:
     def poll(self) -> None:
         """Logs a finished evaluation and starts the waiting one once its step is on disk (orbax
         saves in the background); never blocks."""
-        from octo_like.model.release import saved_steps
+        from octo_like.policy.release import saved_steps
 
         if self._running is not None and self._running[1].poll() is not None:
             self._finish(*self._running)
@@ -102,15 +104,24 @@ class RolloutEvaluator:
     def _start(self, step: int) -> subprocess.Popen:
         log_path = os.path.join(self.run_dir, OUTPUT_DIR, str(step), "log.txt")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        request = {"run_dir": self.run_dir, "step": step, "parent_pid": os.getpid(), **dataclasses.asdict(self.settings)}
+        request = {
+            "run_dir": self.run_dir,
+            "step": step,
+            "parent_pid": os.getpid(),
+            **dataclasses.asdict(self.settings),
+        }
         with open(log_path, "w") as log:
-            return subprocess.Popen([sys.executable, "-m", __name__, json.dumps(request)], stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", __name__, json.dumps(request)], stdout=log, stderr=subprocess.STDOUT
+            )
 
     def _finish(self, step: int, process: subprocess.Popen) -> None:
         path = results_path(self.run_dir, step)
         if process.returncode != 0 or not os.path.isfile(path):
             log_path = os.path.join(os.path.dirname(path), "log.txt")
-            logging.warning("rollout evaluation of step %d failed (exit code %s); see %s", step, process.returncode, log_path)
+            logging.warning(
+                "rollout evaluation of step %d failed (exit code %s); see %s", step, process.returncode, log_path
+            )
             print(f"rollout evaluation of step {step} failed (exit code {process.returncode}); see {log_path}")
             return
         with open(path) as file:
@@ -118,8 +129,10 @@ class RolloutEvaluator:
         metrics = {f"{task}": task_results["success_rate"] for task, task_results in results["tasks"].items()}
         metrics["mean_success"] = results["mean_success_rate"]
         self.log_metrics(step, metrics)
-        print(f"rollout evaluation of step {step}: mean success {results['mean_success_rate']:.2f} "
-              f"({self.settings.episodes} episodes per task)")
+        print(
+            f"rollout evaluation of step {step}: mean success {results['mean_success_rate']:.2f} "
+            f"({self.settings.episodes} episodes per task)"
+        )
 
 
 def run_request(request: dict) -> None:
@@ -130,12 +143,21 @@ def run_request(request: dict) -> None:
     from octo_like.utils import spec
 
     run_dir, step = request["run_dir"], request["step"]
-    settings = EvalSettings(tasks=request["tasks"].split(","), episodes_per_task=request["episodes"], seed=request["seed"],
-                            max_episode_steps=request["max_episode_steps"], image_size=render_size_of_release(run_dir))
+    settings = EvalSettings(
+        tasks=request["tasks"].split(","),
+        episodes_per_task=request["episodes"],
+        seed=request["seed"],
+        max_episode_steps=request["max_episode_steps"],
+        image_size=render_size_of_release(run_dir),
+    )
     policy = spec.create(load_checkpoint_policy, run_dir, step=step)
     episodes = evaluate(policy, settings, num_workers=request["workers"], show_progress=False)
     results = summarize(episodes)
-    results["settings"] = {"checkpoint": run_dir, "step": step, **{key: request[key] for key in ("tasks", "episodes", "seed", "max_episode_steps")}}
+    results["settings"] = {
+        "checkpoint": run_dir,
+        "step": step,
+        **{key: request[key] for key in ("tasks", "episodes", "seed", "max_episode_steps")},
+    }
     write_results(os.path.dirname(results_path(run_dir, step)), episodes, results)
 
 

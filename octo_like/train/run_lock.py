@@ -38,8 +38,10 @@ def _open_locked(path: str) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise InputError(f"run directory '{os.path.dirname(path)}' is in use by another training run ({_holder(path)}); "
-                             "expected one writer per run directory: wait for it or set another --config.run_dir") from None
+            raise InputError(
+                f"run directory '{os.path.dirname(path)}' is in use by another training run ({_holder(path)}); "
+                "expected one writer per run directory: wait for it or set another --config.run_dir"
+            ) from None
         # The previous holder may have removed the file between our open and our lock: then the
         # lock is on a file nobody else will open, so try again with the new one.
         try:
@@ -67,8 +69,10 @@ def hold_run_lock(run_dir: str, active: bool = True) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(record).encode())
     except OSError as error:
-        raise InputError(f"cannot write the run directory '{run_dir}': {error.strerror or error}; "
-                         "expected a writable directory (--config.run_dir)") from None
+        raise InputError(
+            f"cannot write the run directory '{run_dir}': {error.strerror or error}; "
+            "expected a writable directory (--config.run_dir)"
+        ) from None
     try:
         yield
     finally:

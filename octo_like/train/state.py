@@ -21,11 +21,13 @@ class TrainState:
         return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=optimizer.init(params), rng=rng)
 
     @classmethod
-    def create_sharded(cls, params: dict, optimizer: optax.GradientTransformation, rng: jax.Array,
-                       shardings_of: Callable) -> "TrainState":
+    def create_sharded(
+        cls, params: dict, optimizer: optax.GradientTransformation, rng: jax.Array, shardings_of: Callable
+    ) -> "TrainState":
         """The state built on the mesh: the optimizer state is created already laid out as
         `shardings_of(state shapes)` says (it is never whole on one device: Adam's two moments are
         twice the parameters); `params` must already be placed (e.g. by `PolicyModel.create`)."""
+
         def create(params, rng):
             return cls.create(params, optimizer, rng)
 

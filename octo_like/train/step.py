@@ -37,18 +37,28 @@ def split_micro_batches(batch: dict, num_micro_batches: int) -> dict:
 
     def split(x):
         if x.shape[0] % num_micro_batches:
-            raise InputError(f"batch of {x.shape[0]} is not divisible into grad_accumulation_steps={num_micro_batches} micro-batches")
+            raise InputError(
+                f"batch of {x.shape[0]} is not divisible into grad_accumulation_steps={num_micro_batches} micro-batches"
+            )
         return x.reshape(x.shape[0] // num_micro_batches, num_micro_batches, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree_util.tree_map(split, batch)
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, compute_dtype=jnp.float32,
-                    grad_accumulation_steps: int = 1, donate: bool = True, state_shardings=None,
-                    batch_sharding=None) -> Callable:
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    compute_dtype=jnp.float32,
+    grad_accumulation_steps: int = 1,
+    donate: bool = True,
+    state_shardings=None,
+    batch_sharding=None,
+) -> Callable:
     """The jitted step. With `state_shardings` (a pytree of shardings like the state, see
     `mesh.param_shardings`) and `batch_sharding`, inputs and the new state are pinned to them, so
     the state keeps its layout from step to step (no resharding, no recompilation)."""
+
     def compute_loss(params, batch, rng):
         loss, metrics = loss_fn(cast_floats(params, compute_dtype), batch, rng, True)
         return loss.astype(jnp.float32), metrics
@@ -67,7 +77,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
             carry = jax.tree_util.tree_map(jnp.add, carry, ((loss, metrics), grads))
             return carry, None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), rng))
+        zeros = jax.tree_util.tree_map(
+            jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), rng)
+        )
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accumulation_steps), micro_batches))
         return jax.tree_util.tree_map(lambda x: x / grad_accumulation_steps, total)
 
@@ -76,17 +88,28 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         (loss, metrics), grads = gradients(state.params, batch, step_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates)}
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+        }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
     donate_argnums = 0 if donate else ()
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=donate_argnums)
-    return jax.jit(train_step, donate_argnums=donate_argnums, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, None))
+    return jax.jit(
+        train_step,
+        donate_argnums=donate_argnums,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+    )
 
 
-def make_eval_step(loss_fn: LossFn, extra_metrics_fn: Callable[[dict, dict, jax.Array], dict] | None = None) -> Callable:
+def make_eval_step(
+    loss_fn: LossFn, extra_metrics_fn: Callable[[dict, dict, jax.Array], dict] | None = None
+) -> Callable:
     """Validation: the loss without dropout, plus `extra_metrics_fn(params, batch, rng)` (e.g. action MSE)."""
 
     def eval_step(params: dict, batch: dict, rng: jax.Array) -> dict:

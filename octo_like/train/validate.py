@@ -32,8 +32,14 @@ _POSITIVE_REAL = ((lambda value: _number(value) and value > 0), "a finite number
 _NON_NEGATIVE_REAL = ((lambda value: _number(value) and value >= 0), "a finite number >= 0")
 _FRACTION = ((lambda value: _number(value) and 0 <= value <= 1), "a number in [0, 1]")
 _MOMENTUM = ((lambda value: _number(value) and 0 <= value < 1), "a number in [0, 1)")
-_CLIP = ((lambda value: value is None or value == 0 or (_number(value) and value > 0)), "a finite number > 0, or 0/None for no clipping")
-_MESH_SIZE = ((lambda value: _integer(value) and (value >= 1 or value == -1)), "an integer >= 1, or -1 for all remaining devices")
+_CLIP = (
+    (lambda value: value is None or value == 0 or (_number(value) and value > 0)),
+    "a finite number > 0, or 0/None for no clipping",
+)
+_MESH_SIZE = (
+    (lambda value: _integer(value) and (value >= 1 or value == -1)),
+    "an integer >= 1, or -1 for all remaining devices",
+)
 
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_steps": _POSITIVE,

@@ -80,20 +80,25 @@ def _checksum(x, algorithm: str | None, check_finite: bool) -> tuple[str, bool]:
     if algorithm == "fmix64":
         sums, finite = _fmix64(jnp.asarray(x))
         # Full reductions are replicated: this process's copy is the whole value.
-        host = [np.asarray(value if value.is_fully_addressable else value.addressable_data(0)) for value in (sums, finite)]
+        host = [
+            np.asarray(value if value.is_fully_addressable else value.addressable_data(0)) for value in (sums, finite)
+        ]
         return "fmix64:" + "".join(f"{int(word):08x}" for word in host[0]), bool(host[1])
     raise ValueError(f"unknown checksum algorithm '{algorithm}'; expected one of {', '.join(ALGORITHMS)}")
 
 
-def tree_checksums(tree, algorithms: Mapping[str, str] | None = None,
-                   check_finite: bool = True) -> tuple[dict[str, str], list[str]]:
+def tree_checksums(
+    tree, algorithms: Mapping[str, str] | None = None, check_finite: bool = True
+) -> tuple[dict[str, str], list[str]]:
     """({array path: "<algorithm>:<hex>"}, [paths of arrays holding NaN or Inf]) of a pytree of
     arrays; `algorithms` ({path: algorithm}, e.g. from recorded checksums) fixes an array's
     algorithm; `check_finite=False` (verifying a restore, whose values the checksums already pin
     down) skips the finiteness pass and reports none. Every process must call it (an array split
     over processes is reduced jointly)."""
-    named = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
-             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    named = [
+        (jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
     algorithms = algorithms or {}
     # One job per distinct (array, algorithm): a train state holds the very arrays of the parameters.
     jobs = {(id(leaf), algorithms.get(name)): leaf for name, leaf in named}
@@ -109,7 +114,9 @@ def tree_checksums(tree, algorithms: Mapping[str, str] | None = None,
     with concurrent.futures.ThreadPoolExecutor(max(1, min(len(whole), os.cpu_count() or 1))) as pool:
         results.update(zip([key for key, _ in whole], pool.map(run, whole)))
     outcome = {name: results[(id(leaf), algorithms.get(name))] for name, leaf in named}
-    return {name: checksum for name, (checksum, _) in outcome.items()}, [name for name, (_, finite) in outcome.items() if not finite]
+    return {name: checksum for name, (checksum, _) in outcome.items()}, [
+        name for name, (_, finite) in outcome.items() if not finite
+    ]
 
 
 def first_mismatch(recorded: Mapping[str, str], actual: Mapping[str, str]) -> str | None:

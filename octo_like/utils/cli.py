@@ -1,7 +1,11 @@
 """How every command-line entry point runs: quiet logs, bad input as one `error:` line, Ctrl-C as one line.
 
     if __name__ == "__main__":
-        run_cli(main)   # in place of absl.app.run(main)
+        run_cli(main)          # in place of absl.app.run(main)
+        run_config_cli(main)   # the same, for a CLI with a `--config path.py[:variant]` flag
+
+The scripts in scripts/ run against the installed package (`pip install -e .`, done by
+scripts/setup_env.sh): none of them changes where Python looks for modules.
 """
 
 import functools
@@ -10,7 +14,9 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
+from ml_collections import ConfigDict
 
+from octo_like.utils.config import check_override_keys, config_arg_from_argv, load_config, override_keys_from_argv
 from octo_like.utils.errors import InputError
 
 USAGE_ERROR_EXIT_CODE = 2
@@ -56,3 +62,29 @@ def run_cli(main: Callable[[list[str]], object], interrupted_line: str = "interr
             exit_with_line(interrupted_line, INTERRUPTED_EXIT_CODE)
 
     app.run(main_reporting_input_errors)
+
+
+def check_config_args(argv: list[str], flag_name: str = "config") -> None:
+    """Loads the config named by `--config` (or the flag's default) and checks the override keys."""
+    overrides = override_keys_from_argv(argv, flag_name)
+    config_arg = config_arg_from_argv(argv, flag_name)
+    if config_arg is not None:
+        config = load_config(config_arg)
+    else:  # no --config given: the overrides apply to the flag's default config, if it has one
+        config = flags.FLAGS[flag_name].value if flag_name in flags.FLAGS else None
+    if overrides and not isinstance(config, ConfigDict):
+        raise InputError(
+            f"--{flag_name}.{overrides[0]} given without a config; expected --{flag_name} path.py[:variant]"
+        )
+    if overrides:
+        check_override_keys(config, overrides)
+
+
+def run_config_cli(main: Callable[[list[str]], object], flag_name: str = "config", **run_cli_kwargs) -> None:
+    """`run_cli(main)`, with the `--config` file and its `--config.*` override keys checked before absl
+    parses the flags (config_flags would fail on an unknown key with a long traceback)."""
+    try:
+        check_config_args(sys.argv, flag_name)
+    except InputError as error:
+        exit_with_error_line(error)
+    run_cli(main, **run_cli_kwargs)

@@ -77,15 +77,12 @@ def _prepare(x, stats: Mapping[str, Any], normalization_type: str, mask, xp):
         )
     x_dim = _dim(x)
     if x_dim is not None and x_dim != num_dims:
-        raise InputError(
-            f"array to normalize has last dimension {x_dim} but the statistics have {num_dims} dimensions"
-        )
+        raise InputError(f"array to normalize has last dimension {x_dim} but the statistics have {num_dims} dimensions")
     if mask is not None:
         mask_shape = np.shape(mask)
         if len(mask_shape) != 1 or mask_shape[0] != num_dims:
             raise InputError(
-                f"normalization mask has shape {tuple(mask_shape)}; expected length {num_dims} "
-                f"(one bool per dimension)"
+                f"normalization mask has shape {tuple(mask_shape)}; expected length {num_dims} (one bool per dimension)"
             )
         mask = xp.asarray(np.asarray(mask, dtype=bool))
     eps = xp.asarray(EPS, dtype=dtype)
@@ -117,3 +114,23 @@ def unnormalize(y, stats: Mapping[str, Any], normalization_type: str, mask: Sequ
         x = (y + 1) / 2 * (hi - lo + eps) + lo
     x = xp.where(degenerate, lo + xp.zeros_like(y), x)
     return x if mask is None else xp.where(mask, x, y)
+
+
+def with_normalization_settings(
+    statistics: Mapping,
+    normalization_type: str,
+    action_mask=None,
+    proprio_mask=None,
+    proprio_obs_key: str | None = None,
+) -> dict:
+    """One dataset's statistics plus how the pipeline normalized with them, so that inference
+    (un)normalizes identically from the release alone; `proprio["obs_key"]` names the dataset
+    observation the proprio was read from, so inference reads the same one."""
+    statistics = dict(statistics)
+    for key, mask in (("action", action_mask), ("proprio", proprio_mask)):
+        statistics[key] = {**statistics[key], "normalization_type": normalization_type}
+        if mask is not None:
+            statistics[key]["mask"] = [bool(m) for m in mask]
+    if proprio_obs_key is not None:
+        statistics["proprio"]["obs_key"] = proprio_obs_key
+    return statistics

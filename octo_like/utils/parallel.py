@@ -48,8 +48,10 @@ def die_with_parent(parent_pid: int) -> None:
 @contextlib.contextmanager
 def _spawned_pool(num_workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     pool = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=die_with_parent, initargs=(os.getpid(),),
+        num_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
     )
     try:
         yield pool
@@ -91,8 +93,9 @@ def map_in_processes(
     batch_size = max(1, min(4, len(jobs) // (4 * num_workers)))
     batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
     results = []
-    with tqdm.tqdm(total=done_before + len(jobs), initial=done_before, desc=desc, unit=unit,
-                   disable=not show_progress) as progress:
+    with tqdm.tqdm(
+        total=done_before + len(jobs), initial=done_before, desc=desc, unit=unit, disable=not show_progress
+    ) as progress:
         with _spawned_pool(num_workers) as pool:
             futures = [pool.submit(run_batch, batch) for batch in batches]
             for future in concurrent.futures.as_completed(futures):

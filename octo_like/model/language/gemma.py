@@ -45,15 +45,26 @@ class GemmaConfig:
         if self.hidden_act not in ACTIVATIONS:
             raise InputError(f"Gemma hidden_act is '{self.hidden_act}'; expected one of {', '.join(ACTIVATIONS)}")
         if self.num_heads % self.num_kv_heads:
-            raise InputError(f"Gemma num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads {self.num_kv_heads}")
+            raise InputError(
+                f"Gemma num_attention_heads {self.num_heads} is not a multiple of num_key_value_heads "
+                f"{self.num_kv_heads}"
+            )
 
 
 # google/gemma-2b (PaliGemma's decoder: multi-query attention, head size 256), and a CPU-sized `tiny`.
 GEMMA_SIZES = {
-    "tiny": GemmaConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=64,
-                        intermediate_size=1024),
-    "2B": GemmaConfig(vocab_size=257216, hidden_size=2048, num_layers=18, num_heads=8, num_kv_heads=1, head_dim=256,
-                      intermediate_size=16384),
+    "tiny": GemmaConfig(
+        vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=1, head_dim=64, intermediate_size=1024
+    ),
+    "2B": GemmaConfig(
+        vocab_size=257216,
+        hidden_size=2048,
+        num_layers=18,
+        num_heads=8,
+        num_kv_heads=1,
+        head_dim=256,
+        intermediate_size=16384,
+    ),
 }
 
 
@@ -107,7 +118,11 @@ class GemmaAttention(nn.Module):
         query_BLNH = self.q_proj(x_BLC).reshape(batch, length, config.num_heads, config.head_dim)
         key_BLKH = self.k_proj(x_BLC).reshape(batch, length, config.num_kv_heads, config.head_dim)
         value_BLKH = self.v_proj(x_BLC).reshape(batch, length, config.num_kv_heads, config.head_dim)
-        return rotary(query_BLNH, positions_BL, config.rope_theta), rotary(key_BLKH, positions_BL, config.rope_theta), value_BLKH
+        return (
+            rotary(query_BLNH, positions_BL, config.rope_theta),
+            rotary(key_BLKH, positions_BL, config.rope_theta),
+            value_BLKH,
+        )
 
     def output(self, attended_BLNH: jax.Array) -> jax.Array:
         return self.o_proj(attended_BLNH.reshape(*attended_BLNH.shape[:2], -1))
@@ -116,8 +131,10 @@ class GemmaAttention(nn.Module):
         query_BLNH, key_BLKH, value_BLKH = self.project(x_BLC, positions_BL)
         if cache is not None:
             start = (0, cache_index, 0, 0)
-            cache = {"key": jax.lax.dynamic_update_slice(cache["key"], key_BLKH.astype(cache["key"].dtype), start),
-                     "value": jax.lax.dynamic_update_slice(cache["value"], value_BLKH.astype(cache["value"].dtype), start)}
+            cache = {
+                "key": jax.lax.dynamic_update_slice(cache["key"], key_BLKH.astype(cache["key"].dtype), start),
+                "value": jax.lax.dynamic_update_slice(cache["value"], value_BLKH.astype(cache["value"].dtype), start),
+            }
             key_BLKH, value_BLKH = cache["key"], cache["value"]
         attended_BLNH = jax.nn.dot_product_attention(query_BLNH, key_BLKH, value_BLKH, mask=mask_BLS[:, None])
         return self.output(attended_BLNH), cache
@@ -129,7 +146,9 @@ class GemmaMLP(nn.Module):
     @nn.compact
     def __call__(self, x_BLC: jax.Array) -> jax.Array:
         config = self.config
-        gate_BLF = ACTIVATIONS[config.hidden_act](nn.Dense(config.intermediate_size, use_bias=False, name="gate_proj")(x_BLC))
+        gate_BLF = ACTIVATIONS[config.hidden_act](
+            nn.Dense(config.intermediate_size, use_bias=False, name="gate_proj")(x_BLC)
+        )
         up_BLF = nn.Dense(config.intermediate_size, use_bias=False, name="up_proj")(x_BLC)
         return nn.Dense(config.hidden_size, use_bias=False, name="down_proj")(gate_BLF * up_BLF)
 
@@ -180,7 +199,9 @@ class GemmaModel(nn.Module):
         """(final-normed hidden states, the updated per-layer KV caches or None)."""
         hidden_BLC, new_caches = embeddings_BLC, []
         for index, layer in enumerate(self.layers):
-            hidden_BLC, cache = layer(hidden_BLC, positions_BL, mask_BLS, None if caches is None else caches[index], cache_index)
+            hidden_BLC, cache = layer(
+                hidden_BLC, positions_BL, mask_BLS, None if caches is None else caches[index], cache_index
+            )
             new_caches.append(cache)
         return self.norm(hidden_BLC), (None if caches is None else new_caches)
 
@@ -236,7 +257,9 @@ class GemmaForCausalLM(nn.Module):
         caches = self.model.empty_caches(batch, total, self.model.embed_tokens.embedding.dtype)
         positions_BS = jnp.broadcast_to(jnp.arange(total), (batch, total))
         mask_BLS = causal_mask(valid_BS)[:, :prompt_length]
-        hidden_BLC, caches = self.model(self.model.embed(input_ids_BL), positions_BS[:, :prompt_length], mask_BLS, caches, 0)
+        hidden_BLC, caches = self.model(
+            self.model.embed(input_ids_BL), positions_BS[:, :prompt_length], mask_BLS, caches, 0
+        )
         token_B = jnp.argmax(self.logits_from_hidden(hidden_BLC[rows, lengths_B - 1]), axis=-1).astype(jnp.int32)
         tokens = [token_B]
         for step in range(1, num_tokens):

@@ -102,7 +102,9 @@ class CLIPConfig:
             vision["image_mean"], vision["image_std"] = tuple(vision["image_mean"]), tuple(vision["image_std"])
             return cls(CLIPVisionConfig(**vision), CLIPTextConfig(**raw["text"]), raw["projection_dim"])
         except (KeyError, TypeError) as error:
-            raise InputError(f"{where} is not a CLIP config ({error}); expected vision, text and projection_dim") from None
+            raise InputError(
+                f"{where} is not a CLIP config ({error}); expected vision, text and projection_dim"
+            ) from None
 
 
 def _tower(size: tuple[int, int, int, int], **kwargs) -> dict:
@@ -115,22 +117,37 @@ def _tower(size: tuple[int, int, int, int], **kwargs) -> dict:
 # reads the ids of the installed all-MiniLM-L6-v2 tokenizer (the data pipeline's default: vocab
 # 30522, [CLS] = 101 as BOS, [SEP] = 102 as EOS).
 CLIP_SIZES = {
-    "tiny": CLIPConfig(CLIPVisionConfig(**_tower((128, 4, 4, 512), image_size=64, patch_size=8)),
-                       CLIPTextConfig(**_tower((128, 4, 4, 512), vocab_size=30522, max_position_embeddings=16,
-                                               bos_token_id=101, eos_token_id=102)), projection_dim=128),
-    "B/32": CLIPConfig(CLIPVisionConfig(**_tower((768, 12, 12, 3072), patch_size=32)),
-                       CLIPTextConfig(**_tower((512, 12, 8, 2048))), projection_dim=512),
-    "B/16": CLIPConfig(CLIPVisionConfig(**_tower((768, 12, 12, 3072), patch_size=16)),
-                       CLIPTextConfig(**_tower((512, 12, 8, 2048))), projection_dim=512),
-    "L/14": CLIPConfig(CLIPVisionConfig(**_tower((1024, 24, 16, 4096), patch_size=14)),
-                       CLIPTextConfig(**_tower((768, 12, 12, 3072))), projection_dim=768),
+    "tiny": CLIPConfig(
+        CLIPVisionConfig(**_tower((128, 4, 4, 512), image_size=64, patch_size=8)),
+        CLIPTextConfig(
+            **_tower((128, 4, 4, 512), vocab_size=30522, max_position_embeddings=16, bos_token_id=101, eos_token_id=102)
+        ),
+        projection_dim=128,
+    ),
+    "B/32": CLIPConfig(
+        CLIPVisionConfig(**_tower((768, 12, 12, 3072), patch_size=32)),
+        CLIPTextConfig(**_tower((512, 12, 8, 2048))),
+        projection_dim=512,
+    ),
+    "B/16": CLIPConfig(
+        CLIPVisionConfig(**_tower((768, 12, 12, 3072), patch_size=16)),
+        CLIPTextConfig(**_tower((512, 12, 8, 2048))),
+        projection_dim=512,
+    ),
+    "L/14": CLIPConfig(
+        CLIPVisionConfig(**_tower((1024, 24, 16, 4096), patch_size=14)),
+        CLIPTextConfig(**_tower((768, 12, 12, 3072))),
+        projection_dim=768,
+    ),
 }
 
 
 def check_pixels(pixels_BHWC: jax.Array, image_size: int, num_channels: int, family: str) -> None:
     expected = (image_size, image_size, num_channels)
     if pixels_BHWC.ndim != 4 or tuple(pixels_BHWC.shape[1:]) != expected:
-        raise InputError(f"{family} pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]")
+        raise InputError(
+            f"{family} pixels have shape {tuple(pixels_BHWC.shape)}; expected [B, {', '.join(map(str, expected))}]"
+        )
 
 
 def layer_norm(eps: float, name: str) -> nn.LayerNorm:
@@ -161,7 +178,9 @@ class CLIPMLP(nn.Module):
 
     @nn.compact
     def __call__(self, hidden_BNC: jax.Array) -> jax.Array:
-        hidden_BNF = ACTIVATIONS[self.config.hidden_act](nn.Dense(self.config.intermediate_size, name="fc1")(hidden_BNC))
+        hidden_BNF = ACTIVATIONS[self.config.hidden_act](
+            nn.Dense(self.config.intermediate_size, name="fc1")(hidden_BNC)
+        )
         return nn.Dense(self.config.hidden_size, name="fc2")(hidden_BNF)
 
 
@@ -201,7 +220,11 @@ class CLIPVisionEmbeddings(nn.Module):
         config = self.config
         patch = config.patch_size
         patches_BhwC = nn.Conv(
-            config.hidden_size, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=False,
+            config.hidden_size,
+            (patch, patch),
+            strides=(patch, patch),
+            padding="VALID",
+            use_bias=False,
             name="patch_embedding",
         )(pixels_BHWC)
         batch = patches_BhwC.shape[0]

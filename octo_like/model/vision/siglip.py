@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from octo_like.model.precision import parameter_dtype
-from octo_like.model.vision.clip import CLIPEncoder, CLIPMLP, CLIPTowerConfig, check_pixels, layer_norm
+from octo_like.model.vision.clip import CLIPMLP, CLIPEncoder, CLIPTowerConfig, check_pixels, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,9 @@ class SiglipVisionConfig(CLIPTowerConfig):
 
 # google/siglip-so400m-patch14-224 (PaliGemma's tower, there without the head) and siglip-base-patch16-224.
 SIGLIP_SIZES = {
-    "So400m/14": SiglipVisionConfig(hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, patch_size=14),
+    "So400m/14": SiglipVisionConfig(
+        hidden_size=1152, num_layers=27, num_heads=16, intermediate_size=4304, patch_size=14
+    ),
     "B/16": SiglipVisionConfig(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, patch_size=16),
 }
 
@@ -54,7 +56,9 @@ class FusedMultiheadAttention(nn.Module):
         bias_3 = self.param("in_proj_bias", nn.initializers.zeros, (3 * width,))
 
         def heads(x_BLC: jax.Array, part: int) -> jax.Array:
-            projected = x_BLC @ kernel_C3[:, part * width:(part + 1) * width] + bias_3[part * width:(part + 1) * width]
+            projected = (
+                x_BLC @ kernel_C3[:, part * width : (part + 1) * width] + bias_3[part * width : (part + 1) * width]
+            )
             return projected.reshape(batch, x_BLC.shape[1], self.num_heads, head_size)
 
         attended_BQKH = jax.nn.dot_product_attention(heads(query_BQC, 0), heads(inputs_BNC, 1), heads(inputs_BNC, 2))
@@ -73,7 +77,9 @@ class MultiheadAttentionPooling(nn.Module):
         probe_11C = self.param("probe", nn.initializers.normal(0.02), (1, 1, width))
         probe_B1C = jnp.broadcast_to(probe_11C.astype(hidden_BNC.dtype), (batch, 1, width))
         pooled_B1C = FusedMultiheadAttention(config.num_heads, name="attention")(probe_B1C, hidden_BNC)
-        pooled_B1C = pooled_B1C + CLIPMLP(config, name="mlp")(layer_norm(config.layer_norm_eps, "layernorm")(pooled_B1C))
+        pooled_B1C = pooled_B1C + CLIPMLP(config, name="mlp")(
+            layer_norm(config.layer_norm_eps, "layernorm")(pooled_B1C)
+        )
         return pooled_B1C[:, 0]
 
 
@@ -86,8 +92,9 @@ class SiglipVisionEmbeddings(nn.Module):
     def __call__(self, pixels_BHWC: jax.Array) -> jax.Array:
         config = self.config
         patch = config.patch_size
-        patches_BhwC = nn.Conv(config.hidden_size, (patch, patch), strides=(patch, patch), padding="VALID",
-                               name="patch_embedding")(pixels_BHWC)
+        patches_BhwC = nn.Conv(
+            config.hidden_size, (patch, patch), strides=(patch, patch), padding="VALID", name="patch_embedding"
+        )(pixels_BHWC)
         hidden_BNC = patches_BhwC.reshape(patches_BhwC.shape[0], -1, config.hidden_size)
         positions = nn.Embed(config.num_patches, config.hidden_size, name="position_embedding")
         return hidden_BNC + positions(jnp.arange(config.num_patches))[None]

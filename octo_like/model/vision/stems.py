@@ -128,7 +128,9 @@ class ResNetStem(nn.Module):
     def __call__(self, images_NHWC: jax.Array, cond_NC: jax.Array | None = None, *, train: bool) -> jax.Array:
         del train  # no dropout or batch statistics; taken so every stem is called the same way
         check_condition(self, cond_NC)
-        x = nn.Conv(self.width, (3, 3), strides=(2, 2), padding=1)(scale_images(images_NHWC).astype(parameter_dtype(self)))
+        x = nn.Conv(self.width, (3, 3), strides=(2, 2), padding=1)(
+            scale_images(images_NHWC).astype(parameter_dtype(self))
+        )
         x = nn.relu(group_norm(self.width)(x))
         for features in self.stage_features:
             for block in range(self.blocks_per_stage):

@@ -26,7 +26,9 @@ from octo_like.utils.errors import InputError
 
 RELEASE_FILES = ("config.json", "dataset_statistics.json", "example_batch.msgpack")
 CHECKSUMS = "checksums"
-CHECKSUMS_FORMAT = "octo_like-checksums-v1"  # {"format", "arrays": {"params/<path>" | "state/<path>": "<algorithm>:<hex>"}}
+CHECKSUMS_FORMAT = (
+    "octo_like-checksums-v1"  # {"format", "arrays": {"params/<path>" | "state/<path>": "<algorithm>:<hex>"}}
+)
 DAMAGED_DIR = "damaged_steps"
 
 
@@ -51,11 +53,14 @@ def image_sizes(example_batch: dict) -> dict[str, tuple[int, int]]:
     """{camera: (height, width)} of the observation images in a (release's) example batch."""
     return {
         key.removeprefix("image_"): tuple(int(n) for n in value.shape[-3:-1])
-        for key, value in example_batch["observation"].items() if key.startswith("image_")
+        for key, value in example_batch["observation"].items()
+        if key.startswith("image_")
     }
 
 
-def checkpoint_manager(run_dir: str, max_to_keep: int | None = None, keep_period: int | None = None) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    run_dir: str, max_to_keep: int | None = None, keep_period: int | None = None
+) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True)
     return ocp.CheckpointManager(os.path.abspath(run_dir), options=options, item_names=("params", "state", CHECKSUMS))
 
@@ -65,7 +70,9 @@ def saved_steps(run_dir: str) -> list[int]:
     if not os.path.isdir(run_dir):
         return []
     # Orbax names a finished step directory by its number (an unfinished one has a temporary suffix).
-    return sorted(int(name) for name in os.listdir(run_dir) if name.isdigit() and os.path.isdir(os.path.join(run_dir, name)))
+    return sorted(
+        int(name) for name in os.listdir(run_dir) if name.isdigit() and os.path.isdir(os.path.join(run_dir, name))
+    )
 
 
 def check_release(run_dir: str, step: int | None = None) -> list[int]:
@@ -93,13 +100,17 @@ def save(manager: ocp.CheckpointManager, step: int, params, state=None) -> None:
     items = {"params": params} if state is None else {"params": params, "state": state}
     arrays, nonfinite = checksums_lib.tree_checksums(items)
     if nonfinite:
-        raise NonFiniteStateError(f"refusing to save checkpoint step {step} to '{manager.directory}': array '{nonfinite[0]}' "
-                                  f"holds NaN or Inf ({len(nonfinite)} such arrays)")
+        raise NonFiniteStateError(
+            f"refusing to save checkpoint step {step} to '{manager.directory}': array '{nonfinite[0]}' "
+            f"holds NaN or Inf ({len(nonfinite)} such arrays)"
+        )
     recorded = {"format": CHECKSUMS_FORMAT, "arrays": arrays}
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     if not manager.save(step, args=ocp.args.Composite(**args, **{CHECKSUMS: ocp.args.JsonSave(recorded)})):
-        raise InputError(f"checkpoint step {step} was not saved to '{manager.directory}': it already holds step "
-                         f"{manager.latest_step()}; expected a step newer than every step on disk")
+        raise InputError(
+            f"checkpoint step {step} was not saved to '{manager.directory}': it already holds step "
+            f"{manager.latest_step()}; expected a step newer than every step on disk"
+        )
 
 
 def verify(manager: ocp.CheckpointManager, step: int, name: str, restored) -> None:
@@ -107,11 +118,18 @@ def verify(manager: ocp.CheckpointManager, step: int, name: str, restored) -> No
     DamagedCheckpointError naming the first bad array; a step saved before checksums existed
     passes with a one-line note that it is unverified."""
     if not os.path.isdir(os.path.join(_step_dir(manager, step), CHECKSUMS)):
-        logging.warning("checkpoint step %d of %s has no checksums (written before they existed): loaded unverified",
-                        step, manager.directory)
+        logging.warning(
+            "checkpoint step %d of %s has no checksums (written before they existed): loaded unverified",
+            step,
+            manager.directory,
+        )
         return
     recorded = manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
-    if not isinstance(recorded, dict) or recorded.get("format") != CHECKSUMS_FORMAT or not isinstance(recorded.get("arrays"), dict):
+    if (
+        not isinstance(recorded, dict)
+        or recorded.get("format") != CHECKSUMS_FORMAT
+        or not isinstance(recorded.get("arrays"), dict)
+    ):
         raise DamagedCheckpointError(f"its checksums file is not of format '{CHECKSUMS_FORMAT}'")
     recorded = {path: checksum for path, checksum in recorded["arrays"].items() if path.startswith(f"{name}/")}
     algorithms = {path: str(checksum).partition(":")[0] for path, checksum in recorded.items()}
@@ -142,7 +160,12 @@ def move_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> list[in
             while os.path.exists(destination):  # an earlier resume moved a damaged step of this number too
                 destination, suffix = os.path.join(damaged_dir, f"{candidate}.{suffix}"), suffix + 1
             shutil.move(_step_dir(manager, candidate), destination)
-            logging.warning("moved damaged checkpoint step %d of %s to %s; training rewrites it", candidate, manager.directory, destination)
+            logging.warning(
+                "moved damaged checkpoint step %d of %s to %s; training rewrites it",
+                candidate,
+                manager.directory,
+                destination,
+            )
     if newer and jax.process_count() > 1:
         multihost_utils.sync_global_devices("octo_like: damaged steps moved aside")
     manager.reload()
@@ -164,26 +187,41 @@ def abstract_tree(tree):
     return jax.tree_util.tree_map(target, tree)
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, restore: Callable[[int], Any], step: int | None = None) -> tuple[Any, int]:
+def restore_latest_good(
+    manager: ocp.CheckpointManager, restore: Callable[[int], Any], step: int | None = None
+) -> tuple[Any, int]:
     """`restore(step)` of `step`, or else of the newest step that restores; a step that fails
     (corrupt or half-copied files, an array failing its checksum) is skipped with a warning naming
     the step and the cause. Orbax never exposes a step whose write was interrupted (it writes to a
     temporary directory first), so this guards against damage after the fact."""
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     if not steps or (step is not None and step not in manager.all_steps()):
-        raise InputError(f"run directory '{manager.directory}' has no checkpoint step {step}; it has steps {sorted(manager.all_steps())}")
+        raise InputError(
+            f"run directory '{manager.directory}' has no checkpoint step {step}; it has steps "
+            f"{sorted(manager.all_steps())}"
+        )
     reason = ""
     for candidate in steps:
         try:
             return restore(candidate), candidate
         except Exception as error:  # noqa: BLE001  orbax raises many types for damaged files
             if step is not None:
-                raise InputError(f"checkpoint step {step} of '{manager.directory}' cannot be restored: {type(error).__name__}: {error}") from error
+                raise InputError(
+                    f"checkpoint step {step} of '{manager.directory}' cannot be restored: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            logging.warning("checkpoint step %d of %s cannot be restored (%s); trying the previous one", candidate, manager.directory, reason)
+            logging.warning(
+                "checkpoint step %d of %s cannot be restored (%s); trying the previous one",
+                candidate,
+                manager.directory,
+                reason,
+            )
     # Every step failing the same way is rarely damage: more often the target differs from what
     # was saved (another optimizer or model), which the last reason names.
-    raise InputError(f"no checkpoint step of '{manager.directory}' can be restored (tried {steps}); the last error: {reason}")
+    raise InputError(
+        f"no checkpoint step of '{manager.directory}' can be restored (tried {steps}); the last error: {reason}"
+    )
 
 
 def restore_params(run_dir: str, params_like, step: int | None = None):
@@ -198,7 +236,9 @@ def check_step_saved(manager: ocp.CheckpointManager, step: int, params_like) -> 
     what a run checks before it reports the step saved."""
     manager.wait_until_finished()
     if step not in manager.all_steps() or not os.path.isdir(os.path.join(_step_dir(manager, step), CHECKSUMS)):
-        raise InputError(f"checkpoint step {step} is not on disk in '{manager.directory}' (it holds {sorted(manager.all_steps())})")
+        raise InputError(
+            f"checkpoint step {step} is not on disk in '{manager.directory}' (it holds {sorted(manager.all_steps())})"
+        )
     try:
         restore_verified(manager, step, "params", abstract_tree(params_like))
     except DamagedCheckpointError as error:

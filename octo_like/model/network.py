@@ -1,0 +1,141 @@
+"""The from-scratch policy network (Octo style): observation and task tokenizers -> block-wise
+transformer with readout tokens -> action heads, every component named by a spec in the config.
+
+Language goes through a frozen encoder: all-MiniLM-L6-v2 (`language_encoder` in the parameters) or
+the text tower of the policy's frozen CLIP (`clip`), whose per-token joint embeddings the
+text-aware image tokenizers also read. Outputs of the encoders are cut from the gradient. With
+`language_tokens="sentence"` the transformer reads one language token, the encoder's sentence
+embedding (masked mean of its token states, unit length: how all-MiniLM-L6-v2 was trained to
+compare sentences), so rewordings of an instruction land near each other; `"all"` passes every
+token state. octo_like.policy builds this module from a config and loads its pretrained parts.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from octo_like.model.language.minilm import BertConfig, BertEncoder
+from octo_like.model.tokenizers import language_mask
+from octo_like.model.tokens import TokenGroup
+from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
+from octo_like.model.vision.clip import CLIPConfig, CLIPModel
+from octo_like.utils import spec as spec_lib
+from octo_like.utils.errors import InputError
+
+# Parameter collections of the frozen encoders.
+LANGUAGE_ENCODER = "language_encoder"
+CLIP = "clip"
+LANGUAGE_TOKENS = ("all", "sentence")
+
+
+class PolicyNetwork(nn.Module):
+    """The Flax module; every component is named by a spec in the config."""
+
+    observation_tokenizers: Mapping[str, Mapping]
+    task_tokenizers: Mapping[str, Mapping]
+    readouts: Mapping[str, int]
+    transformer: Mapping[str, Any]
+    heads: Mapping[str, Mapping]
+    language: BertConfig | None
+    window_size: int
+    clip_config: CLIPConfig | None = None
+    language_from_clip: bool = False
+    language_tokens: str = "all"
+
+    def setup(self):
+        self.observation_tokenizer_modules = {
+            name: spec_lib.instantiate(s) for name, s in self.observation_tokenizers.items()
+        }
+        self.task_tokenizer_modules = {name: spec_lib.instantiate(s) for name, s in self.task_tokenizers.items()}
+        self.head_modules = {name: spec_lib.instantiate(s) for name, s in self.heads.items()}
+        if self.language is not None:
+            setattr(self, LANGUAGE_ENCODER, BertEncoder(self.language))
+        if self.clip_config is not None:
+            setattr(self, CLIP, CLIPModel(self.clip_config))
+        transformer = dict(self.transformer)
+        size = transformer.pop("size", "tiny")
+        if size not in TRANSFORMER_SIZES:
+            raise InputError(f"model.transformer.size='{size}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
+        self.block_transformer = BlockTransformer(
+            **{**TRANSFORMER_SIZES[size], **transformer}, num_timesteps_max=self.window_size
+        )
+
+    def language_groups(self, task) -> tuple[dict[str, TokenGroup], jax.Array | None]:
+        """({"language": TokenGroup} or {}, the pooled instruction embedding [B, C] or None)."""
+        if self.language is None and not self.language_from_clip:
+            return {}, None
+        ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
+        mask_BL = language_mask(task)
+        if self.language_from_clip:
+            hidden_BLC = getattr(self, CLIP).encode_text(ids_BL, mask_BL.astype(jnp.int32))["token_embeds"]
+        else:
+            hidden_BLC = getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32))
+        # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
+        hidden_BLC = jax.lax.stop_gradient(hidden_BLC)
+        weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
+        embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
+        if self.language_tokens == "sentence":
+            norm_B1 = jnp.maximum(jnp.linalg.norm(embedding_BC, axis=-1, keepdims=True), 1e-6)
+            return {
+                "language": TokenGroup((embedding_BC / norm_B1)[:, None], mask_BL.any(axis=1, keepdims=True))
+            }, embedding_BC
+        return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
+
+    def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
+        """The transformer's readout tokens by group name ("readout_<name>")."""
+        task_groups, language_embedding_BC = self.language_groups(task)
+
+        def tokenize(tokenizer: nn.Module) -> TokenGroup:
+            extra = {}
+            if getattr(tokenizer, "reads_clip", False):
+                extra = {"language": task_groups.get("language"), "clip": getattr(self, CLIP, None)}
+            return tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC, **extra)
+
+        for name, tokenizer in self.task_tokenizer_modules.items():
+            task_groups[name] = tokenize(tokenizer)
+        obs_groups = {name: tokenize(tokenizer) for name, tokenizer in self.observation_tokenizer_modules.items()}
+        readouts = {f"readout_{name}": size for name, size in self.readouts.items()}
+        _, _, readout_out = self.block_transformer(task_groups, obs_groups, readouts, train=train)
+        return readout_out
+
+    def __call__(self, observation, task, *, train: bool = False):
+        """Touches every parameter (for init): the heads' outputs by head name."""
+        readouts = self.readout_groups(observation, task, train=train)
+        return {name: head(readouts[head.readout_key], train=train) for name, head in self.head_modules.items()}
+
+    def loss(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng, train: bool):
+        readouts = self.readout_groups(observation, task, train=train)
+        total, metrics = 0.0, {}
+        for index, (name, head) in enumerate(sorted(self.head_modules.items())):
+            loss, head_metrics = head.loss(
+                readouts[head.readout_key],
+                actions_BTHA,
+                action_pad_mask_BTHA,
+                observation["timestep_pad_mask"],
+                rng=jax.random.fold_in(rng, index),
+                train=train,
+            )
+            total = total + loss
+            metrics.update({f"{name}_{key}": value for key, value in head_metrics.items()})
+        return total, metrics
+
+    def action_mse(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng):
+        """Per head: the masked MSE of sampled action chunks against the targets (normalized space)."""
+        readouts = self.readout_groups(observation, task, train=False)
+        valid_BTHA = action_pad_mask_BTHA & observation["timestep_pad_mask"][:, :, None, None]
+        metrics = {}
+        for index, (name, head) in enumerate(sorted(self.head_modules.items())):
+            predicted_BTHA = head.predict_action(
+                readouts[head.readout_key], rng=jax.random.fold_in(rng, index), train=False
+            )
+            squared_BTHA = jnp.where(valid_BTHA, (predicted_BTHA - actions_BTHA) ** 2, 0.0)
+            metrics[f"{name}_action_mse"] = squared_BTHA.sum() / jnp.maximum(valid_BTHA.sum(), 1)
+        return metrics
+
+    def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping[str, Any]):
+        readouts = self.readout_groups(observation, task, train=False)
+        module = self.head_modules[head]
+        return module.predict_action(readouts[module.readout_key], rng=rng, train=False, **sampling)
