@@ -174,9 +174,8 @@ class VLANetwork(nn.Module):
             size = self.backbone_config.vision.image_size
             if tuple(images_BTHWC.shape[2:4]) != (size, size):
                 raise InputError(
-                    f"observation['{key}'] holds {images_BTHWC.shape[2]}x{images_BTHWC.shape[3]} images; the "
-                    "backbone's "
-                    f"SigLIP reads {size}x{size} "
+                    f"observation['{key}'] holds {images_BTHWC.shape[2]}x{images_BTHWC.shape[3]} images; "
+                    f"the backbone's SigLIP reads {size}x{size} "
                     f"(dataset.frame_transform_kwargs.resize_size.{key.removeprefix('image_')})"
                 )
             # SigLIP's preprocessing: pixels scaled to [-1, 1].
