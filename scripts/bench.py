@@ -464,7 +464,7 @@ def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
             seconds,
         )
         if kind != "flow":
-            latency["action_tokens_per_s"] = model.module.num_action_tokens / (latency["p50_ms"] / 1000)
+            latency["action_tokens_per_s"] = model.module.actions.num_action_tokens / (latency["p50_ms"] / 1000)
         results["with_cache" if use_cache else "without_cache"] = latency
     backbone = vla["backbone"]["config"]
     return {
@@ -479,7 +479,11 @@ def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
             "text_width": backbone["text"]["hidden_size"],
             "text_layers": backbone["text"]["num_layers"],
         },
-        **({"euler_steps": euler_steps} if kind == "flow" else {"action_tokens": model.module.num_action_tokens}),
+        **(
+            {"euler_steps": euler_steps}
+            if kind == "flow"
+            else {"action_tokens": model.module.actions.num_action_tokens}
+        ),
         **results,
         "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"],
     }

@@ -66,3 +66,14 @@ def test_no_code_edits_sys_path():
         if "sys.path" in open(path, encoding="utf-8").read()
     ]
     assert editing == []
+
+
+def test_networks_dispatch_by_declared_interface_not_by_kind_strings():
+    # Each VLA action kind is a class behind octo_like.model.vla_actions.VLAActions.
+    dispatching = [
+        f"{os.path.relpath(path, REPO_ROOT)}:{number}"
+        for path in python_files("octo_like/model")
+        for number, line in enumerate(open(path, encoding="utf-8"), start=1)
+        if "kind ==" in line or "kind !=" in line
+    ]
+    assert dispatching == []

@@ -15,7 +15,8 @@ import tokenizers
 
 from octo_like.hf.paligemma import load_paligemma
 from octo_like.model.action_tokens import fit_fast
-from octo_like.model.vla import VLA_SIZES, fast_chunks, make_vla_network
+from octo_like.model.vla import VLA_SIZES, make_vla_network
+from octo_like.model.vla_actions import fast_chunks
 from octo_like.policy.build import resolve_vla_config
 from octo_like.policy.model import PolicyModel
 from octo_like.train.mesh import VLA_FSDP_RULES, make_mesh, param_shardings

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GemmaAttention, GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
 from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
 from octo_like.model.precision import parameter_dtype
@@ -253,10 +254,7 @@ class PrefixWithExpert(nn.Module):
         time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
         noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
         predicted_BHA = self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
-        squared_BHA = jnp.where(
-            action_mask_BHA, (predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, 0.0
-        )
-        return squared_BHA.sum() / jnp.maximum(action_mask_BHA.sum(), 1)
+        return masked_mean((predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, action_mask_BHA)
 
     def sample(self, vlm_layers, prefix: Prefix, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
         """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the

@@ -22,6 +22,7 @@ import os
 import numpy as np
 import tokenizers
 
+from octo_like.model.binning import bin_center, bin_index
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically
 
@@ -35,14 +36,13 @@ class ActionBins:
 
     def encode(self, actions, xp=np):
         """float [..., A] -> int32 token ids [..., A] in [vocab_size - n_bins, vocab_size); `xp`: numpy or jax.numpy."""
-        unit = (xp.clip(actions, self.low, self.high) - self.low) / (self.high - self.low)
-        bins = xp.minimum(xp.floor(unit * self.n_bins).astype(xp.int32), self.n_bins - 1)
+        bins = bin_index(actions, self.low, self.high, self.n_bins, xp)
         return (self.vocab_size - self.n_bins + bins).astype(xp.int32)
 
     def decode(self, token_ids, xp=np):
         """Token ids -> bin centers; ids outside the action range are clipped into it."""
         bins = xp.clip(xp.asarray(token_ids) - (self.vocab_size - self.n_bins), 0, self.n_bins - 1)
-        return (self.low + (bins + 0.5) * (self.high - self.low) / self.n_bins).astype(xp.float32)
+        return bin_center(bins, self.low, self.high, self.n_bins, xp)
 
 
 def dct_matrix(length: int) -> np.ndarray:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from octo_like.model.binning import bin_center, bin_index
 from octo_like.model.tokens import TokenGroup
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
@@ -111,19 +112,6 @@ class ContinuousActionHead(ActionHead):
         return self(readout, train=train)
 
 
-def bin_centers(low: float, high: float, n_bins: int) -> np.ndarray:
-    """Centers of `n_bins` uniform bins over [low, high]."""
-    edges = np.linspace(low, high, n_bins + 1, dtype=np.float32)
-    return (edges[:-1] + edges[1:]) / 2
-
-
-def action_to_bin(actions: jax.Array, low: float, high: float, n_bins: int) -> jax.Array:
-    """Index of the uniform bin over [low, high] holding each action, after clipping into the range."""
-    fraction = (jnp.clip(actions, low, high) - low) / (high - low)
-    # `high` itself would land in bin n_bins; it belongs to the last bin.
-    return jnp.minimum(jnp.floor(fraction * n_bins), n_bins - 1).astype(jnp.int32)
-
-
 class DiscreteActionHead(ActionHead):
     """Classifies every action entry into uniform bins (Octo's discrete head; RT-2 / OpenVLA binning)."""
 
@@ -148,7 +136,7 @@ class DiscreteActionHead(ActionHead):
         del rng  # deterministic head
         valid_BTHA = self._valid_mask(readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT)
         logits_BTHAK = self(readout, train=train)
-        labels_BTHA = action_to_bin(actions_BTHA, self.low, self.high, self.n_bins)
+        labels_BTHA = bin_index(actions_BTHA, self.low, self.high, self.n_bins)
         cross_entropy_BTHA = optax.softmax_cross_entropy_with_integer_labels(logits_BTHAK, labels_BTHA)
         greedy_BTHA = logits_BTHAK.argmax(axis=-1)
         error_BTHA = self._centers(greedy_BTHA) - actions_BTHA
@@ -171,7 +159,7 @@ class DiscreteActionHead(ActionHead):
         return self._centers(bins_BTHA)
 
     def _centers(self, bins_BTHA: jax.Array) -> jax.Array:
-        return jnp.asarray(bin_centers(self.low, self.high, self.n_bins))[bins_BTHA]
+        return bin_center(bins_BTHA, self.low, self.high, self.n_bins)
 
 
 def sincos_embedding(time_BT1: jax.Array, dim: int) -> jax.Array:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from octo_like.model.heads import masked_mean
 from octo_like.model.language.minilm import BertConfig, BertEncoder
 from octo_like.model.tokenizers import language_mask
 from octo_like.model.tokens import TokenGroup
@@ -131,8 +132,7 @@ class PolicyNetwork(nn.Module):
             predicted_BTHA = head.predict_action(
                 readouts[head.readout_key], rng=jax.random.fold_in(rng, index), train=False
             )
-            squared_BTHA = jnp.where(valid_BTHA, (predicted_BTHA - actions_BTHA) ** 2, 0.0)
-            metrics[f"{name}_action_mse"] = squared_BTHA.sum() / jnp.maximum(valid_BTHA.sum(), 1)
+            metrics[f"{name}_action_mse"] = masked_mean((predicted_BTHA - actions_BTHA) ** 2, valid_BTHA)
         return metrics
 
     def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping[str, Any]):

@@ -54,7 +54,7 @@ def _check_sizes(what: str, sizes) -> list[int]:
 def block_attention_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps: int) -> np.ndarray:
     """The (query, key) attention rules of the layout above: bool[L, L], True where query sees key.
 
-    Built from per-token (kind, timestep, group) labels with broadcast comparisons, so the cost
+    Built from per-token (role, timestep, group) labels with broadcast comparisons, so the cost
     is a few array ops over L x L rather than a Python loop over token pairs.
     """
     task_sizes = _check_sizes("task_sizes", task_sizes)
@@ -64,20 +64,20 @@ def block_attention_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps: in
 
     # One timestep's tokens; each obs/readout group gets its own id within the timestep.
     step_sizes = obs_sizes + readout_sizes
-    step_kind_M = np.repeat([_OBS] * len(obs_sizes) + [_READOUT] * len(readout_sizes), step_sizes)
+    step_role_M = np.repeat([_OBS] * len(obs_sizes) + [_READOUT] * len(readout_sizes), step_sizes)
     step_group_M = np.repeat(np.arange(len(step_sizes)), step_sizes)
     num_task, num_step = sum(task_sizes), sum(step_sizes)
 
-    kind_L = np.concatenate([np.full(num_task, _TASK), np.tile(step_kind_M, num_timesteps)])
+    role_L = np.concatenate([np.full(num_task, _TASK), np.tile(step_role_M, num_timesteps)])
     timestep_L = np.concatenate([np.full(num_task, -1), np.repeat(np.arange(num_timesteps), num_step)])
     group_L = np.concatenate([np.repeat(np.arange(len(task_sizes)), task_sizes), np.tile(step_group_M, num_timesteps)])
 
-    q_kind, k_kind = kind_L[:, None], kind_L[None, :]
+    q_role, k_role = role_L[:, None], role_L[None, :]
     q_time, k_time = timestep_L[:, None], timestep_L[None, :]
-    everyone_sees_task = k_kind == _TASK
-    causal_obs = (k_kind == _OBS) & (q_kind != _TASK) & (k_time <= q_time)
+    everyone_sees_task = k_role == _TASK
+    causal_obs = (k_role == _OBS) & (q_role != _TASK) & (k_time <= q_time)
     own_readouts = (
-        (k_kind == _READOUT) & (q_kind == _READOUT) & (group_L[:, None] == group_L[None, :]) & (k_time == q_time)
+        (k_role == _READOUT) & (q_role == _READOUT) & (group_L[:, None] == group_L[None, :]) & (k_time == q_time)
     )
     return everyone_sees_task | causal_obs | own_readouts
 

@@ -39,7 +39,8 @@ from octo_like.model.architecture import resolve_architecture
 from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora
 from octo_like.model.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOKENS, PolicyNetwork
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig
-from octo_like.model.vla import ACTION_KINDS, VLA_SIZES, VLANetwork, make_vla_network
+from octo_like.model.vla import VLA_SIZES, VLANetwork, make_vla_network
+from octo_like.model.vla_actions import VLA_ACTIONS
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
 
@@ -70,8 +71,8 @@ def resolve_vla_config(vla: Mapping) -> dict:
     """`vla` with defaults filled in and the backbone architecture written into `backbone.config`."""
     vla = {"lora": None, **vla}
     action = {**VLA_ACTION_DEFAULTS, **vla["action"]}
-    if action["kind"] not in ACTION_KINDS:
-        raise InputError(f"model.vla.action.kind='{action['kind']}'; expected one of {', '.join(ACTION_KINDS)}")
+    if action["kind"] not in VLA_ACTIONS:
+        raise InputError(f"model.vla.action.kind='{action['kind']}'; expected one of {', '.join(VLA_ACTIONS)}")
     if action["time_conditioning"] not in TIME_CONDITIONINGS:
         raise InputError(
             f"model.vla.action.time_conditioning='{action['time_conditioning']}'; "

@@ -37,7 +37,8 @@ import numpy as np
 
 from octo_like.model.lora import merge_lora
 from octo_like.model.network import CLIP, LANGUAGE_ENCODER, PolicyNetwork
-from octo_like.model.vla import VLANetwork, load_fast_tokenizer
+from octo_like.model.vla import VLANetwork
+from octo_like.model.vla_actions import load_fast_tokenizer
 from octo_like.policy import release
 from octo_like.policy.build import (
     LORA,

@@ -1,0 +1,356 @@
+"""What turns the VLA backbone's states into action chunks: one class per `model.vla.action.kind`
+behind one declared interface (`VLAActions`), so that VLANetwork holds no per-kind branches.
+
+Axis letters: B batch, P prefix tokens, S action tokens, C backbone width, H horizon,
+A action dimensions, V vocabulary.
+
+The classes are stateless strategies over the network. `add_modules(network)`, called in the
+network's `setup`, creates the parameters a kind needs on the network itself, so that parameter
+paths stay where releases and sharding rules expect them: `flow/...` (the action expert) for
+`flow`, `proprio_in/...` and `action_start` for the token kinds.
+
+- `BinActions` (RT-2 / OpenVLA): H * A tokens, the last `n_bins` vocabulary ids.
+- `FASTActions` (pi0-FAST): the `vocab - 1 - F + k` ids of a BPE of F tokens over the chunk's
+  DCT, then the end id `vocab - 1`. The BPE runs on the host (`jax.pure_callback`).
+- `FlowActions` (pi0): a flow-matching action expert attending jointly with the backbone.
+
+Both token kinds decode greedily with a KV cache, restricted to the action ids, so decoding
+always yields a chunk; their loss is cross-entropy over the whole vocabulary on the action tokens
+only (as a fine-tuned VLM's head), teacher forced.
+"""
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from octo_like.model.action_expert import Prefix, PrefixWithExpert
+from octo_like.model.action_tokens import ActionBins, FASTTokenizer
+from octo_like.model.language.gemma import GemmaConfig
+from octo_like.model.paligemma import PaliGemmaConfig, prefix_lm_mask
+
+
+@functools.lru_cache(maxsize=4)
+def load_fast_tokenizer(directory: str) -> FASTTokenizer:
+    return FASTTokenizer.load(directory)
+
+
+def fast_id_range(directory: str, vocab_size: int) -> tuple[int, int]:
+    """(id of FAST token 0, the end id) in the backbone's vocabulary: the F BPE tokens sit just
+    below the end id, the vocabulary's last."""
+    return vocab_size - 1 - load_fast_tokenizer(directory).vocab_size, vocab_size - 1
+
+
+def fast_token_ids(
+    directory: str, vocab_size: int, max_tokens: int, chunks_BHA: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Host side of the FAST loss: (ids int32 [B, max_tokens], mask bool [B, max_tokens]) in the
+    backbone's vocabulary, each chunk's BPE tokens then the end id; longer sequences are cut."""
+    fast = load_fast_tokenizer(directory)
+    offset, end = fast_id_range(directory, vocab_size)
+    ids_BS = np.full((len(chunks_BHA), max_tokens), end, np.int32)
+    mask_BS = np.zeros((len(chunks_BHA), max_tokens), bool)
+    for row, chunk_HA in enumerate(np.asarray(chunks_BHA, np.float64)):
+        tokens = [offset + token for token in fast.encode(chunk_HA)][: max_tokens - 1] + [end]
+        ids_BS[row, : len(tokens)] = tokens
+        mask_BS[row, : len(tokens)] = True
+    return ids_BS, mask_BS
+
+
+def fast_chunks(directory: str, vocab_size: int, ids_BS: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Host side of FAST decoding: (chunks float32 [B, H, A], valid bool [B]); invalid rows are zeros."""
+    fast = load_fast_tokenizer(directory)
+    offset, end = fast_id_range(directory, vocab_size)
+    chunks, valid = [], []
+    for row in np.asarray(ids_BS):
+        stop = int(np.argmax(row == end)) if (row == end).any() else len(row)
+        chunk_HA, ok = fast.decode(row[:stop] - offset)
+        chunks.append(chunk_HA)
+        valid.append(ok)
+    return np.stack(chunks).astype(np.float32), np.asarray(valid, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLAActions(abc.ABC):
+    """The interface: `action` is the resolved `model.vla.action` section."""
+
+    action: Mapping
+    backbone_config: PaliGemmaConfig
+    sampling_options: ClassVar[frozenset[str]] = frozenset({"use_cache"})
+
+    @property
+    def horizon(self) -> int:
+        return self.action["horizon"]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action["action_dim"]
+
+    def check(self) -> str | None:
+        """What makes this action section unusable with the backbone (one line), or None."""
+        return None
+
+    def expert_config(self) -> GemmaConfig | None:
+        """The architecture of a separate action expert, for the kinds that have one."""
+        return None
+
+    @abc.abstractmethod
+    def add_modules(self, network: nn.Module) -> None:
+        """Creates the kind's parameters on `network`; called inside its `setup`."""
+
+    @abc.abstractmethod
+    def init_outputs(self, network: nn.Module, observation, task) -> jax.Array:
+        """Touches every parameter of the kind (for init)."""
+
+    @abc.abstractmethod
+    def loss(self, network: nn.Module, observation, task, actions_BHA, valid_BHA, rng) -> tuple[jax.Array, dict]:
+        """(loss, metrics) of the last step's chunks; `valid_BHA` masks padding."""
+
+    @abc.abstractmethod
+    def sample(self, network: nn.Module, observation, task, rng, **sampling) -> tuple[jax.Array, jax.Array]:
+        """(chunks float32 [B, H, A] in the normalized action space, valid bool [B])."""
+
+    def sample_metrics(self, valid_B: jax.Array) -> dict:
+        """Metrics of sampled chunks beyond their error (validation)."""
+        return {}
+
+
+class FlowActions(VLAActions):
+    """pi0: the expert takes the proprio and the noisy chunk as its suffix; sampling computes the
+    prefix KV cache once, then runs `num_steps` Euler steps."""
+
+    sampling_options = frozenset({"num_steps", "use_cache"})
+
+    def expert_config(self):
+        # The backbone's attention geometry at the configured width (pi0's Gemma-300M expert).
+        return dataclasses.replace(self.backbone_config.text, **self.action["expert"])
+
+    def add_modules(self, network):
+        network.flow = PrefixWithExpert(
+            self.backbone_config.text,
+            network.expert_config,
+            self.action_dim,
+            self.horizon,
+            self.action["time_conditioning"],
+        )
+
+    def _inputs(self, network, observation, task) -> tuple[Prefix, jax.Array]:
+        prefix = Prefix.bidirectional(*network.prefix(observation, task))
+        return prefix, network.last_proprio(observation, prefix.valid_BP.shape[0])
+
+    def init_outputs(self, network, observation, task):
+        prefix, proprio = self._inputs(network, observation, task)
+        batch = proprio.shape[0]
+        layers = network.backbone.language_model.layers
+        return network.flow.velocity(
+            layers, prefix, proprio, jnp.zeros((batch, self.horizon, self.action_dim)), jnp.ones(batch)
+        )
+
+    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng):
+        prefix, proprio = self._inputs(network, observation, task)
+        loss = network.flow.loss(network.backbone.language_model.layers, prefix, proprio, actions_BHA, valid_BHA, rng)
+        return loss, {"action_flow_loss": loss}
+
+    def sample(self, network, observation, task, rng, num_steps: int = 10, use_cache: bool = True):
+        prefix, proprio = self._inputs(network, observation, task)
+        layers = network.backbone.language_model.layers
+        chunks_BHA = network.flow.sample(layers, prefix, proprio, rng, num_steps, use_cache)
+        return chunks_BHA, jnp.ones(chunks_BHA.shape[0], bool)
+
+
+class TokenActions(VLAActions):
+    """Action tokens decoded by the backbone itself. The prefix ends with a proprio token (a Dense
+    of the last step's proprio, when the observation has one) and a learned start token; the action
+    tokens follow causally."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone_config.text.vocab_size
+
+    @property
+    @abc.abstractmethod
+    def num_action_tokens(self) -> int:
+        """Decoded tokens per chunk."""
+
+    @abc.abstractmethod
+    def first_action_id(self) -> int:
+        """The lowest vocabulary id decoding may emit."""
+
+    @abc.abstractmethod
+    def targets(self, actions_BHA: jax.Array, valid_BHA: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(action token ids [B, S], loss mask [B, S])."""
+
+    @abc.abstractmethod
+    def chunks_from_tokens(self, tokens_BS: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(chunks [B, H, A], valid [B])."""
+
+    def add_modules(self, network):
+        width = self.backbone_config.text.hidden_size
+        network.proprio_in = nn.Dense(width)
+        network.action_start = network.param("action_start", nn.initializers.normal(0.02), (width,))
+
+    def token_prefix(self, network, observation, task) -> tuple[jax.Array, jax.Array]:
+        """The shared prefix + proprio token (when observed) + the start token."""
+        embeddings_BPC, valid_BP = network.prefix(observation, task)
+        batch, _, width = embeddings_BPC.shape
+        extra = []
+        if "proprio" in observation:
+            extra.append(network.proprio_in(observation["proprio"][:, -1].astype(embeddings_BPC.dtype))[:, None])
+        extra.append(jnp.broadcast_to(network.action_start.astype(embeddings_BPC.dtype), (batch, 1, width)))
+        extra_BEC = jnp.concatenate(extra, axis=1).astype(embeddings_BPC.dtype)
+        valid_BE = jnp.ones(extra_BEC.shape[:2], bool)
+        return jnp.concatenate([embeddings_BPC, extra_BEC], axis=1), jnp.concatenate([valid_BP, valid_BE], axis=1)
+
+    def token_logits(self, network, prefix_BPC, prefix_valid_BP, targets_BS) -> jax.Array:
+        """Teacher-forced logits [B, S, V]: position P - 1 + i predicts action token i."""
+        language = network.backbone.language_model
+        inputs_BXC = jnp.concatenate([prefix_BPC, language.embed(targets_BS[:, :-1]).astype(prefix_BPC.dtype)], axis=1)
+        batch, suffix = targets_BS.shape[0], targets_BS.shape[1] - 1
+        valid_BX = jnp.concatenate([prefix_valid_BP, jnp.ones((batch, suffix), bool)], axis=1)
+        types_BX = jnp.concatenate(
+            [jnp.zeros_like(prefix_valid_BP, jnp.int32), jnp.ones((batch, suffix), jnp.int32)], axis=1
+        )
+        hidden_BXC, _ = language(inputs_BXC, jnp.cumsum(valid_BX, axis=1), prefix_lm_mask(valid_BX, types_BX))
+        return language.embed_tokens.attend(hidden_BXC[:, prefix_BPC.shape[1] - 1 :])
+
+    def greedy_action_token(self, logits_BV: jax.Array) -> jax.Array:
+        first = self.first_action_id()
+        return (jnp.argmax(logits_BV[..., first:], axis=-1) + first).astype(jnp.int32)
+
+    def decode(self, network, prefix_BPC, prefix_valid_BP, use_cache: bool = True) -> jax.Array:
+        """Greedy action token ids [B, S]. With the cache the prefix runs once and each token
+        attends the cached keys and values; without it every step reruns the whole sequence (the
+        reference the cache must equal)."""
+        language = network.backbone.language_model
+        batch, prefix = prefix_valid_BP.shape
+        num_tokens = self.num_action_tokens
+        if not use_cache:
+            tokens_BS = jnp.zeros((batch, num_tokens), jnp.int32)
+            for step in range(num_tokens):
+                logits_BSV = self.token_logits(network, prefix_BPC, prefix_valid_BP, tokens_BS[:, : step + 1])
+                tokens_BS = tokens_BS.at[:, step].set(self.greedy_action_token(logits_BSV[:, step]))
+            return tokens_BS
+        total = prefix + num_tokens - 1
+        caches = language.empty_caches(batch, total, prefix_BPC.dtype)
+        valid_BX = jnp.zeros((batch, total), bool).at[:, :prefix].set(prefix_valid_BP)
+        prefix_mask_BPX = (
+            jnp.zeros((batch, prefix, total), bool)
+            .at[:, :, :prefix]
+            .set(prefix_lm_mask(prefix_valid_BP, jnp.zeros((batch, prefix), jnp.int32)))
+        )
+        hidden_BPC, caches = language(prefix_BPC, jnp.cumsum(prefix_valid_BP, axis=1), prefix_mask_BPX, caches, 0)
+        first_B = self.greedy_action_token(language.embed_tokens.attend(hidden_BPC[:, -1]))
+        tokens_BS = jnp.zeros((batch, num_tokens), jnp.int32).at[:, 0].set(first_B)
+        count_B = prefix_valid_BP.sum(axis=1)
+
+        def step(index, carry):
+            tokens_BS, valid_BX, caches = carry
+            slot = prefix + index - 1  # where token index - 1 (the input) sits in the cache
+            valid_BX = valid_BX.at[:, slot].set(True)
+            seen_B1X = (valid_BX & (jnp.arange(total) <= slot))[:, None, :]
+            inputs_B1C = language.embed(tokens_BS[:, index - 1][:, None]).astype(prefix_BPC.dtype)
+            hidden_B1C, caches = language(inputs_B1C, (count_B + index)[:, None], seen_B1X, caches, slot)
+            token_B = self.greedy_action_token(language.embed_tokens.attend(hidden_B1C[:, 0]))
+            return tokens_BS.at[:, index].set(token_B), valid_BX, caches
+
+        tokens_BS, _, _ = jax.lax.fori_loop(1, num_tokens, step, (tokens_BS, valid_BX, caches))
+        return tokens_BS
+
+    def init_outputs(self, network, observation, task):
+        prefix_BPC, valid_BP = self.token_prefix(network, observation, task)
+        return self.token_logits(network, prefix_BPC, valid_BP, jnp.zeros((prefix_BPC.shape[0], 2), jnp.int32))
+
+    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng):
+        del rng  # teacher forcing is deterministic
+        targets_BS, mask_BS = self.targets(actions_BHA, valid_BHA)
+        prefix_BPC, prefix_valid_BP = self.token_prefix(network, observation, task)
+        logits_BSV = self.token_logits(network, prefix_BPC, prefix_valid_BP, targets_BS).astype(jnp.float32)
+        log_probs_BS = jnp.take_along_axis(jax.nn.log_softmax(logits_BSV), targets_BS[..., None], axis=-1)[..., 0]
+        count = jnp.maximum(mask_BS.sum(), 1)
+        loss = -jnp.where(mask_BS, log_probs_BS, 0.0).sum() / count
+        accuracy = jnp.where(mask_BS, jnp.argmax(logits_BSV, axis=-1) == targets_BS, False).sum() / count
+        return loss, {"action_token_loss": loss, "action_token_accuracy": accuracy}
+
+    def sample(self, network, observation, task, rng, use_cache: bool = True):
+        del rng  # greedy decoding
+        tokens_BS = self.decode(network, *self.token_prefix(network, observation, task), use_cache=use_cache)
+        return self.chunks_from_tokens(tokens_BS)
+
+
+class BinActions(TokenActions):
+    """RT-2 / OpenVLA: every action dimension of every step is one of `n_bins` uniform bins over
+    [-1, 1], the last `n_bins` vocabulary ids."""
+
+    def check(self):
+        if self.action["n_bins"] > self.vocab_size:
+            n_bins = self.action["n_bins"]
+            return f"model.vla.action.n_bins={n_bins} exceeds the backbone's vocabulary of {self.vocab_size}"
+        return None
+
+    @property
+    def bins(self) -> ActionBins:
+        return ActionBins(self.vocab_size, self.action["n_bins"])
+
+    @property
+    def num_action_tokens(self):
+        return self.horizon * self.action_dim
+
+    def first_action_id(self):
+        return self.vocab_size - self.action["n_bins"]
+
+    def targets(self, actions_BHA, valid_BHA):
+        batch = actions_BHA.shape[0]
+        return self.bins.encode(actions_BHA, xp=jnp).reshape(batch, -1), valid_BHA.reshape(batch, -1)
+
+    def chunks_from_tokens(self, tokens_BS):
+        batch = tokens_BS.shape[0]
+        chunks_BHA = self.bins.decode(tokens_BS, xp=jnp).reshape(batch, self.horizon, self.action_dim)
+        return chunks_BHA, jnp.ones(batch, bool)
+
+
+class FASTActions(TokenActions):
+    """pi0-FAST: a chunk is its BPE tokens then the end id, at most `max_action_tokens`. A sequence
+    that does not spell a chunk decodes to zeros (the normalized mean action) and is counted in
+    `fast_invalid_fraction`."""
+
+    @property
+    def num_action_tokens(self):
+        return self.action["max_action_tokens"]
+
+    def first_action_id(self):
+        return fast_id_range(self.action["fast_tokenizer"], self.vocab_size)[0]
+
+    def targets(self, actions_BHA, valid_BHA):
+        batch = actions_BHA.shape[0]
+        shapes = (
+            jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.int32),
+            jax.ShapeDtypeStruct((batch, self.num_action_tokens), jnp.bool_),
+        )
+        encode = functools.partial(
+            fast_token_ids, self.action["fast_tokenizer"], self.vocab_size, self.num_action_tokens
+        )
+        ids_BS, mask_BS = jax.pure_callback(encode, shapes, actions_BHA.astype(jnp.float32), vmap_method="sequential")
+        # A chunk with a padded step or dimension (episode end, a dataset with fewer dimensions)
+        # is a whole sequence: it is learned only where all of it is real.
+        return ids_BS, mask_BS & valid_BHA.all(axis=(1, 2))[:, None]
+
+    def chunks_from_tokens(self, tokens_BS):
+        batch = tokens_BS.shape[0]
+        shapes = (
+            jax.ShapeDtypeStruct((batch, self.horizon, self.action_dim), jnp.float32),
+            jax.ShapeDtypeStruct((batch,), jnp.bool_),
+        )
+        decode = functools.partial(fast_chunks, self.action["fast_tokenizer"], self.vocab_size)
+        return jax.pure_callback(decode, shapes, tokens_BS, vmap_method="sequential")
+
+    def sample_metrics(self, valid_B):
+        return {"action_fast_invalid_fraction": 1.0 - valid_B.mean()}
+
+
+VLA_ACTIONS: dict[str, type[VLAActions]] = {"bins": BinActions, "fast": FASTActions, "flow": FlowActions}
