@@ -48,3 +48,15 @@ def synthetic_data_dir(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("tensorflow_datasets"))
     build(data_dir, ["default", "no_wrist"])
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(synthetic_data_dir, tmp_path_factory):
+    """One tiny run of 40 steps (trained in this process), shared by the finetuning, resume and
+    release tests: the release that finetuning starts from, and the reference that an interrupted
+    and resumed run of the same config must equal. Tests copy it before changing it."""
+    from trained_runs import pretraining, train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
+    train(pretraining(synthetic_data_dir, run_dir))
+    return run_dir

@@ -4,7 +4,7 @@ logged beside the losses."""
 import json
 
 import pytest
-from test_train_scripts import run_script
+from trained_runs import train
 
 from data_pipelines.metaworld.builder import build
 from data_pipelines.metaworld.collect import CollectionSettings
@@ -28,7 +28,7 @@ def test_rollout_eval_is_off_by_default_and_a_bad_section_is_one_line():
         check_rollout_eval_config(config)
 
 
-def test_training_logs_the_success_of_saved_steps_beside_the_losses(tmp_path):
+def test_training_logs_the_success_of_saved_steps_beside_the_losses(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
     build(
         data_dir,
@@ -38,26 +38,24 @@ def test_training_logs_the_success_of_saved_steps_beside_the_losses(tmp_path):
         workers=1,
     )
     run_dir = tmp_path / "run"
-    result = run_script(
-        "train.py",
-        f"--config={CONFIG}",
-        "--config.dataset.mixture=metaworld/rollout",
-        f"--config.dataset.data_dir={data_dir}",
-        f"--config.run_dir={run_dir}",
-        "--config.num_steps=4",
-        "--config.save_interval=2",
-        "--config.log_interval=1",
-        "--config.eval_interval=4",
-        "--config.eval_batches=1",
-        "--config.dataset.batch_size=8",
-        "--config.dataset.shuffle_buffer_size=10",
-        "--config.rollout_eval.tasks=reach",
-        "--config.rollout_eval.episodes=2",
-        "--config.rollout_eval.interval=2",
-        "--config.rollout_eval.max_episode_steps=6",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rollout evaluation of step 4: mean success 0.00 (2 episodes per task)" in result.stdout
+    overrides = {
+        "dataset.mixture": "metaworld/rollout",
+        "dataset.data_dir": data_dir,
+        "run_dir": str(run_dir),
+        "num_steps": 4,
+        "save_interval": 2,
+        "log_interval": 1,
+        "eval_interval": 4,
+        "eval_batches": 1,
+        "dataset.batch_size": 8,
+        "dataset.shuffle_buffer_size": 10,
+        "rollout_eval.tasks": "reach",
+        "rollout_eval.episodes": 2,
+        "rollout_eval.interval": 2,
+        "rollout_eval.max_episode_steps": 6,
+    }
+    train(overrides, CONFIG)
+    assert "rollout evaluation of step 4: mean success 0.00 (2 episodes per task)" in capsys.readouterr().out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rollouts = sorted((record["step"], record) for record in records if "rollout/mean_success" in record)
     # Step 2 may be skipped only if step 4 was saved while it still ran; the last step is always evaluated.

@@ -10,7 +10,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from test_train_scripts import CONFIG, REPO_ROOT, run_script, small_run
+from trained_runs import REPO_ROOT, as_flags, run_script, small_run, train
 
 from octo_like.train.metrics import check_finite_metrics
 from octo_like.train.run_lock import LOCK_FILE, hold_run_lock
@@ -130,9 +130,7 @@ def test_check_finite_names_the_step_the_first_bad_metric_and_the_datasets():
 
 
 def test_train_fails_before_any_work_on_a_bad_number_or_a_locked_run_dir(synthetic_data_dir, tmp_path):
-    result = run_script(
-        "train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, tmp_path / "run", "--config.save_interval=0")
-    )
+    result = run_script("train.py", *as_flags(small_run(synthetic_data_dir, tmp_path / "run", save_interval=0)))
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines()[-1]
@@ -140,7 +138,7 @@ def test_train_fails_before_any_work_on_a_bad_number_or_a_locked_run_dir(synthet
     )
     assert not (tmp_path / "run").exists()  # no run directory stub
     with hold_run_lock(str(tmp_path / "locked")):
-        result = run_script("train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, tmp_path / "locked"))
+        result = run_script("train.py", *as_flags(small_run(synthetic_data_dir, tmp_path / "locked")))
     assert result.returncode == 2
     assert (
         result.stderr.strip()
@@ -159,25 +157,16 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_g
 
     # The learning rate warms up from 0: step 1 changes nothing (and is saved), step 2 explodes.
     run_dir = tmp_path / "diverged"
-    result = run_script(
-        "train.py",
-        f"--config={CONFIG}",
-        *small_run(
-            synthetic_data_dir,
-            run_dir,
-            "--config.num_steps=6",
-            "--config.log_interval=1",
-            "--config.save_interval=1",
-            "--config.optimizer.learning_rate=1e30",
-            "--config.optimizer.warmup_steps=3",
-            "--config.optimizer.clip_gradient=0",
-        ),
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert (
-        last_line.startswith("error: training stopped at step 2: train/") and "synthetic_rlds/default" in last_line
-    ), last_line
+    overrides = {
+        "num_steps": 6,
+        "log_interval": 1,
+        "save_interval": 1,
+        "optimizer.learning_rate": 1e30,
+        "optimizer.warmup_steps": 3,
+        "optimizer.clip_gradient": 0.0,
+    }
+    with pytest.raises(InputError, match=r"^training stopped at step 2: train/.*synthetic_rlds/default"):
+        train(small_run(synthetic_data_dir, run_dir, **overrides))
     assert sorted(int(name) for name in os.listdir(run_dir) if name.isdigit()) == [1]
     model = PolicyModel.load_pretrained(str(run_dir))  # verified against its checksums
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(model.params))
@@ -186,21 +175,16 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_g
 def test_the_run_directory_is_a_release_but_the_parameters_from_step_0(synthetic_data_dir, tmp_path):
     # Diverges at step 2, long before the first save: what the run trains is on disk anyway.
     run_dir = tmp_path / "early"
-    result = run_script(
-        "train.py",
-        f"--config={CONFIG}",
-        *small_run(
-            synthetic_data_dir,
-            run_dir,
-            "--config.num_steps=6",
-            "--config.log_interval=1",
-            "--config.save_interval=6",
-            "--config.optimizer.learning_rate=1e30",
-            "--config.optimizer.warmup_steps=0",
-            "--config.optimizer.clip_gradient=0",
-        ),
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
+    overrides = {
+        "num_steps": 6,
+        "log_interval": 1,
+        "save_interval": 6,
+        "optimizer.learning_rate": 1e30,
+        "optimizer.warmup_steps": 0,
+        "optimizer.clip_gradient": 0.0,
+    }
+    with pytest.raises(InputError, match=r"^training stopped at step 2: "):
+        train(small_run(synthetic_data_dir, run_dir, **overrides))
     names = set(os.listdir(run_dir))
     assert {"config.json", "dataset_statistics.json", "example_batch.msgpack"} <= names
     assert not [name for name in names if name.isdigit()]

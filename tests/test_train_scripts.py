@@ -1,4 +1,6 @@
-"""scripts/train.py and scripts/finetune.py end to end on the synthetic dataset (8 forced CPU devices)."""
+"""Training and finetuning end to end on the synthetic dataset (8 forced CPU devices): in this
+process through octo_like.train.loop (what scripts/train.py and scripts/finetune.py run), and as
+a separate process where the test needs one (a run killed with SIGKILL, the command line)."""
 
 import json
 import os
@@ -11,49 +13,14 @@ import time
 import jax
 import numpy as np
 import pytest
+from trained_runs import REPO_ROOT, as_flags, finetune, pretraining, run_script, small_run, train
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "experiments/configs/octo_scratch.py:tiny"
-
-
-def run_script(script, *args):
-    return subprocess.run(
-        [sys.executable, f"scripts/{script}", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
-    )
+from octo_like.utils.errors import InputError
 
 
-def small_run(data_dir, run_dir, *extra):
-    return [
-        f"--config.dataset.data_dir={data_dir}",
-        f"--config.run_dir={run_dir}",
-        "--config.num_steps=4",
-        "--config.log_interval=2",
-        "--config.eval_interval=4",
-        "--config.eval_batches=1",
-        "--config.save_interval=4",
-        "--config.dataset.batch_size=8",
-        "--config.dataset.shuffle_buffer_size=20",
-        *extra,
-    ]
-
-
-def pretraining(data_dir, run_dir):
-    return [
-        f"--config={CONFIG}",
-        *small_run(
-            data_dir, run_dir, "--config.num_steps=40", "--config.save_interval=10", "--config.eval_interval=20"
-        ),
-    ]
-
-
-@pytest.fixture(scope="module")
-def pretrained(synthetic_data_dir, tmp_path_factory):
-    """40 steps in one go: the release that finetuning starts from, and the reference that an
-    interrupted and resumed run of the same command must equal."""
-    run_dir = tmp_path_factory.mktemp("runs") / "pretrained"
-    result = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def pretrained(pretrained_run):
+    return pretrained_run
 
 
 def test_train_writes_the_release_format_and_metrics(pretrained):
@@ -78,26 +45,17 @@ def test_train_writes_the_release_format_and_metrics(pretrained):
 
 
 def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head(
-    pretrained, synthetic_data_dir, tmp_path
+    pretrained, synthetic_data_dir, tmp_path, capsys
 ):
     from octo_like.policy.model import PolicyModel
 
     run_dir = tmp_path / "finetuned"
-    result = run_script(
-        "finetune.py",
-        f"--pretrained={pretrained}",
-        f"--config={CONFIG}",
-        "--mode=head_mlp_only",
-        *small_run(
-            synthetic_data_dir,
-            run_dir,
-            "--config.dataset.mixture=synthetic_rlds/no_wrist",
-            "--config.model.heads.action.kwargs.action_dim=2",
-        ),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = {"dataset.mixture": "synthetic_rlds/no_wrist", "model.heads.action.kwargs.action_dim": 2}
+    finetune(pretrained, small_run(synthetic_data_dir, run_dir, **overrides), mode="head_mlp_only")
     lines = {
-        line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(("loaded", "new", "dropped"))
+        line.split(":")[0]: line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("loaded", "new", "dropped"))
     }
     assert "block_transformer" in lines["loaded"] and "head_modules_action" in lines["new"]
     assert lines["dropped"].startswith("dropped: 0 arrays")  # a reshaped head is new, not dropped
@@ -110,11 +68,11 @@ def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head
 
 
 def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synthetic_data_dir, tmp_path):
+    """Through the command line: the error is the last line of stderr and the exit status is 2."""
     result = run_script(
         "finetune.py",
         f"--pretrained={pretrained}",
-        f"--config={CONFIG}",
-        *small_run(synthetic_data_dir, tmp_path / "bad", "--config.model.heads.action.kwargs.action_dim=5"),
+        *as_flags(small_run(synthetic_data_dir, tmp_path / "bad", **{"model.heads.action.kwargs.action_dim": 5})),
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -123,7 +81,9 @@ def test_a_head_that_disagrees_with_the_data_fails_in_one_line(pretrained, synth
     )
 
 
-def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthetic_data_dir, tmp_path, pretrained):
+def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(
+    synthetic_data_dir, tmp_path, pretrained, capsys
+):
     """Killed with SIGKILL, a run has no chance to save on the way out: it resumes from its last
     periodic checkpoint (saved asynchronously every 10 steps) and must end bit for bit where the
     same command run in one go (`pretrained`) ends: restored parameters, optimizer state, step and
@@ -133,7 +93,7 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
 
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *pretraining(synthetic_data_dir, run_dir)],
+        [sys.executable, "scripts/train.py", *as_flags(pretraining(synthetic_data_dir, run_dir))],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -151,9 +111,8 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
     saved_steps = sorted(int(path.name) for path in run_dir.iterdir() if path.name.isdigit())
     assert saved_steps and saved_steps[-1] < 40, saved_steps
 
-    resumed = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from step {saved_steps[-1]}" in resumed.stdout
+    train(pretraining(synthetic_data_dir, run_dir))  # resumed here: the same config, in this process
+    assert f"resumed from step {saved_steps[-1]}" in capsys.readouterr().out
     # What the killed run logged after its checkpoint was dropped and logged again: one train
     # record per logged step, as if never interrupted.
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -168,7 +127,9 @@ def test_run_killed_with_sigkill_and_resumed_equals_the_uninterrupted_run(synthe
         np.testing.assert_array_equal(value, expected, err_msg=jax.tree_util.keystr(path))
 
 
-def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrained, synthetic_data_dir, tmp_path):
+def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(
+    pretrained, synthetic_data_dir, tmp_path, capsys, caplog
+):
     """Before: resume fell back to step 30, retrained, then orbax declined to save step 40 (not newer
     than the damaged 40 on disk) while the run printed "checkpoint step 40"."""
     from octo_like.policy.model import PolicyModel
@@ -180,10 +141,10 @@ def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrain
     )
     largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])  # a half-copied file
 
-    resumed = run_script("train.py", *pretraining(synthetic_data_dir, run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from step 30" in resumed.stdout and "checkpoint step 40, verified" in resumed.stdout
-    assert "moved damaged checkpoint step 40" in resumed.stderr
+    train(pretraining(synthetic_data_dir, run_dir))
+    out = capsys.readouterr().out
+    assert "resumed from step 30" in out and "checkpoint step 40, verified" in out
+    assert "moved damaged checkpoint step 40" in caplog.text  # an absl warning
     assert (run_dir / "damaged_steps" / "40" / "state").is_dir() and (run_dir / "40" / "checksums").is_dir()
     # The rewritten step is the one the uninterrupted run saved, bit for bit (exact resume).
     ours, reference = PolicyModel.load_pretrained(str(run_dir), step=40), PolicyModel.load_pretrained(str(pretrained))
@@ -194,31 +155,24 @@ def test_a_damaged_newest_step_is_moved_aside_retrained_and_saved_again(pretrain
 
 
 def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_data_dir):
-    result = run_script(
-        "train.py", f"--config={CONFIG}", *small_run(synthetic_data_dir, pretrained, "--config.model.readouts.action=2")
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
+    with pytest.raises(InputError) as error:
+        train(small_run(synthetic_data_dir, pretrained, **{"model.readouts.action": 2}))
+    assert str(error.value) == (
+        f"run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
         "expected the same model config to resume, or a new --config.run_dir"
     )
 
 
 def test_resuming_under_another_schedule_fails_in_one_line(pretrained, synthetic_data_dir):
-    pretraining_flags = pretraining(synthetic_data_dir, pretrained)
-    result = run_script("train.py", *pretraining_flags, "--config.num_steps=60")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: run directory '{pretrained}' was trained with num_steps=40, not 60: resuming would continue "
-        "under another "
-        "learning-rate schedule; expected the same settings, or a new --config.run_dir (scripts/finetune.py "
-        "starts a new run "
-        "from a checkpoint)"
+    with pytest.raises(InputError) as error:
+        train({**pretraining(synthetic_data_dir, pretrained), "num_steps": 60})
+    assert str(error.value) == (
+        f"run directory '{pretrained}' was trained with num_steps=40, not 60: resuming would continue under "
+        "another learning-rate schedule; expected the same settings, or a new --config.run_dir "
+        "(scripts/finetune.py starts a new run from a checkpoint)"
     )
-    result = run_script("train.py", *pretraining_flags, "--config.optimizer.warmup_steps=7")
-    assert (
-        result.returncode == 2 and "was trained with optimizer.warmup_steps=" in result.stderr.strip().splitlines()[-1]
-    )
+    with pytest.raises(InputError, match="was trained with optimizer.warmup_steps="):
+        train({**pretraining(synthetic_data_dir, pretrained), "optimizer.warmup_steps": 7})
 
 
 def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(synthetic_data_dir, tmp_path):
@@ -227,24 +181,18 @@ def test_otter_config_trains_on_a_clip_checkpoint_and_tokenizes_with_it(syntheti
 
     clip_dir = os.path.join(REPO_ROOT, "tests", "fixtures", "clip_tiny")  # 32x32 images, its own BPE tokenizer
     run_dir = tmp_path / "otter"
-    result = run_script(
-        "train.py",
-        "--config=experiments/configs/otter_metaworld.py:text_aware,l1",
-        *small_run(
-            synthetic_data_dir,
-            run_dir,
-            "--config.num_steps=2",
-            "--config.save_interval=2",
-            "--config.eval_interval=2",
-            "--config.log_interval=1",
-        ),
-        f"--config.clip_checkpoint={clip_dir}",
-        "--config.dataset.mixture=synthetic",
-        "--config.dataset.frame_transform_kwargs.resize_size.primary=(32,32)",
-        "--config.dataset.frame_transform_kwargs.resize_size.wrist=(32,32)",
-        "--config.model.heads.action.kwargs.action_dim=7",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = {
+        "num_steps": 2,
+        "save_interval": 2,
+        "eval_interval": 2,
+        "log_interval": 1,
+        "clip_checkpoint": clip_dir,
+        "dataset.mixture": "synthetic",
+        "dataset.frame_transform_kwargs.resize_size.primary": (32, 32),
+        "dataset.frame_transform_kwargs.resize_size.wrist": (32, 32),
+        "model.heads.action.kwargs.action_dim": 7,
+    }
+    train(small_run(synthetic_data_dir, run_dir, **overrides), "experiments/configs/otter_metaworld.py:text_aware,l1")
     config = json.loads((run_dir / "config.json").read_text())
     assert (
         config["model"]["clip"]["checkpoint"] == clip_dir

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 import tokenizers
+import trained_runs
 
 from octo_like.hf.paligemma import load_paligemma
 from octo_like.model.action_tokens import fit_fast
@@ -308,36 +309,24 @@ def test_the_3b_pod_rules_split_every_large_array_over_8_devices():
     assert per_device < 1.01 * count * 12 / 8  # ~5 GB of a 40 GB state per device
 
 
-def test_train_py_runs_the_vla_configs_on_an_fsdp_mesh_and_the_loss_falls(synthetic_data_dir, tmp_path):
+def test_the_trainer_runs_the_vla_configs_on_an_fsdp_mesh_and_the_loss_falls(synthetic_data_dir, tmp_path, capsys):
     run_dir = tmp_path / "bins"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            "--config=experiments/configs/vla_tokens.py:bins",
-            f"--config.dataset.data_dir={synthetic_data_dir}",
-            "--config.dataset.mixture=synthetic",
-            f"--config.run_dir={run_dir}",
-            "--config.num_steps=10",
-            "--config.log_interval=1",
-            "--config.eval_interval=10",
-            "--config.eval_batches=1",
-            "--config.save_interval=10",
-            "--config.dataset.batch_size=8",
-            "--config.dataset.shuffle_buffer_size=20",
-            "--config.model.vla.action.action_dim=7",
-            "--config.optimizer.learning_rate=1e-3",
-            "--config.optimizer.warmup_steps=0",
-            "--config.mesh.data=2",
-            "--config.mesh.fsdp=-1",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    overrides = {
+        "dataset.mixture": "synthetic",
+        "num_steps": 10,
+        "log_interval": 1,
+        "eval_interval": 10,
+        "save_interval": 10,
+        "model.vla.action.action_dim": 7,
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.warmup_steps": 0,
+        "mesh.data": 2,
+        "mesh.fsdp": -1,
+    }
+    trained_runs.train(
+        trained_runs.small_run(synthetic_data_dir, run_dir, **overrides), "experiments/configs/vla_tokens.py:bins"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mesh {'data': 2, 'fsdp': 4}" in result.stdout
+    assert "mesh {'data': 2, 'fsdp': 4}" in capsys.readouterr().out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 10 and losses[-1] < losses[0] - 2.0, losses

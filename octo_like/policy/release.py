@@ -20,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store  # no public name; orbax is pinned
 
 from octo_like.utils import checksums as checksums_lib
 from octo_like.utils.errors import InputError
@@ -30,6 +31,7 @@ CHECKSUMS_FORMAT = (
     "octo_like-checksums-v1"  # {"format", "arrays": {"params/<path>" | "state/<path>": "<algorithm>:<hex>"}}
 )
 DAMAGED_DIR = "damaged_steps"
+_ONE_REPLICA_HANDLER = None  # see write_replicated_arrays_from_one_replica
 
 
 class DamagedCheckpointError(Exception):
@@ -58,9 +60,30 @@ def image_sizes(example_batch: dict) -> dict[str, tuple[int, int]]:
     }
 
 
+def write_replicated_arrays_from_one_replica() -> None:
+    """On one process, orbax writes a replicated array from its first replica.
+
+    Orbax's default on CPU and TPU cuts every replicated array into one slice per replica, so that
+    the hosts of a pod share the writing; on one host that buys nothing, and each slice is an
+    eagerly compiled op: the first save of the tiny model on 8 CPU devices took 18.3 s, against
+    0.8 s from one replica. Multi-process runs keep orbax's default."""
+    global _ONE_REPLICA_HANDLER
+    if jax.process_count() == 1 and _ONE_REPLICA_HANDLER is None:
+        _ONE_REPLICA_HANDLER = ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
+        )
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)  # orbax warns of any override; this one is meant
+        try:
+            ocp.type_handlers.register_type_handler(jax.Array, _ONE_REPLICA_HANDLER, override=True)
+        finally:
+            logging.set_verbosity(verbosity)
+
+
 def checkpoint_manager(
     run_dir: str, max_to_keep: int | None = None, keep_period: int | None = None
 ) -> ocp.CheckpointManager:
+    write_replicated_arrays_from_one_replica()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True)
     return ocp.CheckpointManager(os.path.abspath(run_dir), options=options, item_names=("params", "state", CHECKSUMS))
 

@@ -6,11 +6,13 @@ config_flags raises a multi-line traceback on an unknown override key, whether o
 locked.
 """
 
+import copy
 import difflib
 import importlib.util
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -99,6 +101,28 @@ def check_override_keys(config: ml_collections.ConfigDict, dotted_keys: Iterable
         level = f"under '{path}'" if path else "at the top level"
         siblings = ", ".join(f"{path}.{name}".lstrip(".") for name in node.keys())
         raise InputError(f"unknown config key '{key}'; valid keys {level}: {siblings}")
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with each dotted key of `overrides` set: `--config.<key>=<value>` from Python.
+
+        config = with_overrides(load_config("experiments/configs/octo_scratch.py:tiny"), {"num_steps": 100})
+        run_training(config.to_dict())
+
+    An unknown key is one line naming the closest valid keys; a value of the wrong type is one line
+    naming the key and the type it holds."""
+    check_override_keys(config, overrides)
+    config = copy.deepcopy(config)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        try:
+            node[leaf] = value
+        except TypeError as error:
+            raise InputError(f"config.{key}={value!r}: {error}") from error
+    return config
 
 
 def override_keys_from_argv(argv: Sequence[str], flag_name: str = "config") -> list[str]:
