@@ -183,7 +183,7 @@ def test_the_run_directory_is_a_release_but_the_parameters_from_step_0(synthetic
         "optimizer.warmup_steps": 0,
         "optimizer.clip_gradient": 0.0,
     }
-    with pytest.raises(InputError, match=r"^training stopped at step 2: "):
+    with pytest.raises(InputError, match=r"^training stopped at step [12]: "):
         train(small_run(synthetic_data_dir, run_dir, **overrides))
     names = set(os.listdir(run_dir))
     assert {"config.json", "dataset_statistics.json", "example_batch.msgpack"} <= names
