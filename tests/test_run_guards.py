@@ -150,6 +150,18 @@ def test_train_fails_before_any_work_on_a_bad_number_or_a_locked_run_dir(synthet
     )
 
 
+def diverging_run(data_dir, run_dir, save_interval: int, warmup_steps: int) -> dict:
+    """Six steps at a learning rate of 1e30, unclipped: the parameters overflow within two steps."""
+    return small_run(
+        data_dir,
+        run_dir,
+        num_steps=6,
+        log_interval=1,
+        save_interval=save_interval,
+        **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": warmup_steps, "optimizer.clip_gradient": 0.0},
+    )
+
+
 def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(
     synthetic_data_dir, tmp_path
 ):
@@ -157,16 +169,8 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_g
 
     # The learning rate warms up from 0: step 1 changes nothing (and is saved), step 2 explodes.
     run_dir = tmp_path / "diverged"
-    overrides = {
-        "num_steps": 6,
-        "log_interval": 1,
-        "save_interval": 1,
-        "optimizer.learning_rate": 1e30,
-        "optimizer.warmup_steps": 3,
-        "optimizer.clip_gradient": 0.0,
-    }
     with pytest.raises(InputError, match=r"^training stopped at step 2: train/.*synthetic_rlds/default"):
-        train(small_run(synthetic_data_dir, run_dir, **overrides))
+        train(diverging_run(synthetic_data_dir, run_dir, save_interval=1, warmup_steps=3))
     assert sorted(int(name) for name in os.listdir(run_dir) if name.isdigit()) == [1]
     model = PolicyModel.load_pretrained(str(run_dir))  # verified against its checksums
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(model.params))
@@ -175,16 +179,8 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_g
 def test_the_run_directory_is_a_release_but_the_parameters_from_step_0(synthetic_data_dir, tmp_path):
     # Diverges at step 2, long before the first save: what the run trains is on disk anyway.
     run_dir = tmp_path / "early"
-    overrides = {
-        "num_steps": 6,
-        "log_interval": 1,
-        "save_interval": 6,
-        "optimizer.learning_rate": 1e30,
-        "optimizer.warmup_steps": 0,
-        "optimizer.clip_gradient": 0.0,
-    }
     with pytest.raises(InputError, match=r"^training stopped at step [12]: "):
-        train(small_run(synthetic_data_dir, run_dir, **overrides))
+        train(diverging_run(synthetic_data_dir, run_dir, save_interval=6, warmup_steps=0))
     names = set(os.listdir(run_dir))
     assert {"config.json", "dataset_statistics.json", "example_batch.msgpack"} <= names
     assert not [name for name in names if name.isdigit()]
