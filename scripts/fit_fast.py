@@ -18,8 +18,6 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from octo_like.data.mixtures import make_named_mixture
-from octo_like.model.action_tokens import fit_fast
 from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
@@ -37,6 +35,10 @@ def main(argv):
         raise InputError("--config and --output_dir are required")
     if _SCALE.value <= 0 or _MAX_CHUNKS.value < 1:
         raise InputError(f"--scale={_SCALE.value} and --max_chunks={_MAX_CHUNKS.value} must be positive")
+    # The data pipeline imports TensorFlow (seconds): only after the flags are checked, so a bad flag fails at once.
+    from octo_like.data.mixtures import make_named_mixture
+    from octo_like.model.action_tokens import fit_fast
+
     dataset, _ = make_named_mixture(train=True, **_CONFIG.value.dataset.to_dict())
     chunks = []
     with tqdm(total=_MAX_CHUNKS.value, desc="Reading action chunks", unit="chunk") as progress:

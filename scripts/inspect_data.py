@@ -13,8 +13,6 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from octo_like.data.mixtures import make_named_mixture
-from octo_like.data.throughput import data_throughput
 from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
@@ -55,6 +53,10 @@ def main(argv):
         raise InputError(f"unexpected arguments {argv[1:]}; only flags are accepted")
     if _CONFIG.value is None:
         raise InputError("--config is required, e.g. --config experiments/configs/synthetic.py:default")
+    # The data pipeline imports TensorFlow (seconds): only after the flags are checked, so a bad flag fails at once.
+    from octo_like.data.mixtures import make_named_mixture
+    from octo_like.data.throughput import data_throughput
+
     dataset_config = _CONFIG.value.dataset.to_dict()
     dataset, statistics = make_named_mixture(train=True, **dataset_config)
     for name, stats in statistics.items():

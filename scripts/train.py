@@ -12,7 +12,6 @@ run directory with the same config. From Python: `octo_like.train.loop.run_train
 
 from ml_collections import config_flags
 
-from octo_like.train.loop import run_training
 from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 
@@ -24,6 +23,9 @@ def main(argv):
         raise InputError(f"unexpected arguments {argv[1:]}; only flags are accepted")
     if _CONFIG.value is None:
         raise InputError("--config is required, e.g. --config experiments/configs/metaworld_scratch.py:diffusion")
+    # The data pipeline imports TensorFlow (seconds): only after the flags are checked, so a bad flag fails at once.
+    from octo_like.train.loop import run_training
+
     run_training(_CONFIG.value.to_dict())
 
 

@@ -11,7 +11,6 @@ has no wrist camera, a 2-d action and 3-d proprio, padded to the first robot's d
 import ml_collections
 from ml_collections import config_dict
 
-from octo_like.data.language import TextTokenizer
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 
@@ -47,7 +46,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                 task_augment_kwargs=dict(keep_image_prob=0.5),
                 subsample_length=config_dict.placeholder(int),
                 max_action=config_dict.placeholder(float),
-                text_tokenizer=spec.create(TextTokenizer, max_length=16),
+                # named, not imported: loading the config stays free of TensorFlow, so that a bad flag fails at once
+                text_tokenizer=spec.create("octo_like.data.language:TextTokenizer", max_length=16),
             ),
             frame_transform_kwargs=dict(
                 resize_size={"primary": (64, 64), "wrist": (32, 32)},
