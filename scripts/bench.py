@@ -259,13 +259,15 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     for name in compute_dtypes:
         train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[name])
         state = TrainState.create(host_params, optimizer, jax.random.key(1))
-        # FLOPs of one step as XLA counts them after optimization (forward, backward and update).
-        cost = train_step.lower(state, device_batch).compile().cost_analysis()
+        # Compiled once, for the FLOPs of one step as XLA counts them after optimization (forward,
+        # backward and update) and for the timed steps (calling `train_step` would compile again).
+        compiled_step = train_step.lower(state, device_batch).compile()
+        cost = compiled_step.cost_analysis()
         flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops")
 
         def step():
             nonlocal state
-            state, metrics = train_step(state, device_batch)
+            state, metrics = compiled_step(state, device_batch)
             jax.block_until_ready((state, metrics))
 
         steps_per_s = calls_per_second(step, seconds, warmup=2)
