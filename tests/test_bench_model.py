@@ -1,10 +1,14 @@
-"""scripts/bench.py train, infer, checkpoint and scale end to end on the synthetic data (JSON shape, no speed
-asserted)."""
+"""scripts/bench.py train, infer, checkpoint and scale on the synthetic data (JSON shape, no speed asserted): the
+benchmark functions in this process, the command line in a process of its own."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+from trained_runs import training_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,14 +25,25 @@ def bench(*args):
     return json.loads(result.stdout)
 
 
-def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_dir):
-    common = [
-        "--config=experiments/configs/octo_scratch.py:tiny",
-        f"--config.dataset.data_dir={synthetic_data_dir}",
-        "--config.dataset.batch_size=8",
-        "--config.dataset.shuffle_buffer_size=20",
-    ]
-    train = bench("train", *common)
+@pytest.fixture(scope="module")
+def bench_script():
+    """scripts/bench.py as a module: its benchmark functions run in this process, on one model
+    compiled once, while the tests below run the command line (flags, JSON on stdout)."""
+    spec = importlib.util.spec_from_file_location("bench_script", os.path.join(REPO_ROOT, "scripts", "bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_dir, bench_script):
+    config = training_config(
+        {"dataset.data_dir": synthetic_data_dir, "dataset.batch_size": 8, "dataset.shuffle_buffer_size": 20}
+    )
+
+    def as_printed(result):  # what the command prints: JSON
+        return json.loads(json.dumps(result))
+
+    train = as_printed(bench_script.bench_train(config, 0.3, ["float32", "bfloat16"]))
     assert train["batch_size"] == 8 and train["params"] > train["trained_params"] > 0
     assert set(train["compute_dtypes"]) == {"float32", "bfloat16"} and train["peak_host_memory_mb"] > 0
     for figures in train["compute_dtypes"].values():
@@ -38,18 +53,18 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
         train["compute_dtypes"]["bfloat16"]["steps_per_s"] / train["compute_dtypes"]["float32"]["steps_per_s"]
     )
 
-    infer = bench("infer", *common, "--heads=l1,flow:2")
+    infer = as_printed(bench_script.bench_infer(config, ["l1", "flow:2"], 0.3))
     assert [r["head"] for r in infer["results"]] == ["l1", "flow:2"]
     assert all(0 < r["p50_ms"] <= r["p95_ms"] and r["calls"] > 0 for r in infer["results"])
 
-    checkpoint = bench("checkpoint", *common, "--repeats=1")
+    checkpoint = as_printed(bench_script.bench_checkpoint(config, 1))
     assert checkpoint["params"] == train["params"] and checkpoint["state_mb"] > 4 * checkpoint["params"] / 2**20
     for figures in (checkpoint["save_s"], checkpoint["load_params_s"]):
         assert set(figures) == {"plain", "checksums"} and min(figures.values()) > 0
     assert checkpoint["save_overhead"] == checkpoint["save_s"]["checksums"] / checkpoint["save_s"]["plain"] - 1
     assert 0 < checkpoint["checksum_pass_over_state_s"] and 0 < checkpoint["checksum_pass_over_plain_save"]
 
-    scale = bench("scale", *common, "--fsdp_sizes=1,8")
+    scale = as_printed(bench_script.bench_scale(config, [1, 8], 0.3))
     assert [r["mesh"] for r in scale["results"]] == [{"data": 8, "fsdp": 1}, {"data": 1, "fsdp": 8}]
     # Sharding the large arrays over 8 devices leaves well under a quarter per device.
     assert scale["results"][1]["bytes_over_fsdp1"] < 0.25 and scale["results"][1]["steps_per_s"] > 0
