@@ -12,6 +12,7 @@ from octo_like.utils.config import (
     config_keys,
     load_config,
     override_keys_from_argv,
+    with_overrides,
 )
 from octo_like.utils.errors import InputError
 
@@ -111,6 +112,18 @@ def test_config_keys_lists_inner_nodes_and_leaves(config_path):
         "use_ema",
         "variant",
     ]
+
+
+def test_with_overrides_sets_dotted_keys_on_a_copy_and_refuses_unknown_keys_and_types(config_path):
+    config = load_config(config_path)
+    changed = with_overrides(config, {"optimizer.schedule.warmup_steps": 3, "num_steps": 7, "optimizer.lr": 1})
+    assert changed.optimizer.schedule.warmup_steps == 3 and changed.num_steps == 7 and changed.optimizer.lr == 1.0
+    assert config.optimizer.schedule.warmup_steps == 10 and config.num_steps is None  # the original is unchanged
+    with pytest.raises(InputError, match=r"^unknown config key 'optimizer.lrr'; closest valid keys: optimizer.lr"):
+        with_overrides(config, {"optimizer.lrr": 1.0})
+    with pytest.raises(InputError, match=r"^config.seed='zero': .*int") as error:
+        with_overrides(config, {"seed": "zero"})
+    assert "\n" not in str(error.value)
 
 
 def test_check_override_keys_accepts_valid_keys(config_path):
