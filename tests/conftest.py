@@ -21,17 +21,18 @@ import pytest  # noqa: E402
 
 import octo_like  # noqa: E402,F401  (quiet, deterministic TensorFlow settings)
 
-# The files of long end-to-end runs (train.py, evaluate.py and bench.py subprocesses) go first:
+# The files of long end-to-end runs (training, evaluation, benchmarks, notebooks) go first:
 # scripts/test.sh hands whole files to two workers in collection order, and a long file started
 # last would run alone at the end.
-LONG_FILES = (
+LONG_FILES = (  # longest first, as measured on 2 cores
     "test_train_scripts.py",
-    "test_vla.py",
     "test_distributed.py",
+    "test_vla.py",
     "test_bench_model.py",
-    "test_run_guards.py",
-    "test_release_registry.py",
     "test_notebooks.py",
+    "test_run_guards.py",
+    "test_text_aware.py",
+    "test_policy.py",
     "test_rollout_eval.py",
 )
 
