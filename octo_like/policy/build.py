@@ -144,25 +144,26 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
 
 
 def load_pretrained_parts(
-    params: dict, model_config: Mapping, module: PolicyNetwork | VLANetwork, as_arrays: Callable[[dict], dict]
+    param_shapes: Mapping, model_config: Mapping, module: PolicyNetwork | VLANetwork, as_arrays: Callable[[dict], dict]
 ) -> dict:
-    """`params` (freshly initialized) with the parts the config loads from checkpoints replaced:
-    the MiniLM, a CLIP with a checkpoint, a VLA backbone with a checkpoint. `as_arrays` places a
-    loaded host tree (on the default device, or left to the caller's sharded placement)."""
-    params = dict(params)
-    if LANGUAGE_ENCODER in params:
+    """{top-level key: parameters} of the parts the config loads from checkpoints: the MiniLM, a
+    CLIP with a checkpoint, a VLA backbone with a checkpoint. `param_shapes` is the model's
+    parameter tree (shapes suffice); `as_arrays` places a loaded host tree (on the default device,
+    or left to the caller's sharded placement)."""
+    parts = {}
+    if LANGUAGE_ENCODER in param_shapes:
         checkpoint = model_config["language"].get("checkpoint") or installed_minilm_dir()
-        params[LANGUAGE_ENCODER] = as_arrays(load_bert_params(checkpoint)[1])
+        parts[LANGUAGE_ENCODER] = as_arrays(load_bert_params(checkpoint)[1])
     clip_checkpoint = (model_config.get("clip") or {}).get("checkpoint")
-    if CLIP in params and clip_checkpoint:
+    if CLIP in param_shapes and clip_checkpoint:
         pretrained = load_clip_params(clip_checkpoint, module.clip_config)
         # Only the parts the policy uses exist (no vision tower without image tokenizers).
-        params[CLIP] = {name: pretrained[name] for name in params[CLIP]}
+        parts[CLIP] = {name: pretrained[name] for name in param_shapes[CLIP]}
     if isinstance(module, VLANetwork):
         backbone_checkpoint = model_config["vla"]["backbone"].get("checkpoint")
         if backbone_checkpoint:
-            params["backbone"] = as_arrays(load_paligemma_params(backbone_checkpoint, module.backbone_config))
-    return params
+            parts["backbone"] = as_arrays(load_paligemma_params(backbone_checkpoint, module.backbone_config))
+    return parts
 
 
 def declared_action_chunks(model_config: Mapping) -> list[tuple[str, int, str, int]]:
