@@ -9,7 +9,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/bench.py scale \
         --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
     python scripts/bench.py decode [--gemma_size tiny|2B] [--prompt_length 64] [--new_tokens 8] [--dtype bfloat16]
-    python scripts/bench.py flow [--gemma_size tiny|2B] [--prompt_length 48] [--euler_steps 10] [--dtype bfloat16]
+    python scripts/bench.py infer --config experiments/configs/vla_flow.py[:pod] [--euler_steps 10]
     python scripts/bench.py checkpoint --config experiments/configs/octo_scratch.py:tiny [--repeats 5]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
@@ -37,10 +37,9 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8.
 `--prompt_length` prompt, `--new_tokens` tokens per call, with the KV cache and without it
 (rerunning the whole sequence per token), tokens/s side by side and their ratio.
 
-`flow`: one action chunk (horizon 50, 32 action dims) of a randomly initialized pi0-style model
-(SigLIP + Gemma `--gemma_size` + action expert) after the image tokens and `--prompt_length` text
-tokens, `--euler_steps` Euler steps, with the prefix KV cache and without it (the prefix rerun at
-every step): p50/p95 latency side by side and their ratio.
+`infer` of a VLA config (vla_tokens.py, vla_flow.py): the latency of one chunk with the KV cache
+and without it (the prefix, or the whole sequence, rerun at every Euler step or token), p50/p95
+side by side and their ratio; `--euler_steps` for the flow expert.
 
 `checkpoint`: the cost of checkpoint checksums for the model of a config (and its Adam state):
 the time of one synchronous save of a step (parameters + train state, as training saves) and of
@@ -88,9 +87,9 @@ _PROMPT_LENGTH = flags.DEFINE_integer(
 )
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
-_EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "flow: Euler steps per action chunk.")
+_EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "infer of a vla_flow config: Euler steps per action chunk.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "checkpoint: timed saves and loads per variant, after one warm-up.")
-BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "flow", "checkpoint")
+BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "checkpoint")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -584,83 +583,6 @@ def bench_decode(size: str, prompt_length: int, new_tokens: int, dtype_name: str
     }
 
 
-def bench_flow(size: str, prompt_length: int, euler_steps: int, dtype_name: str, seconds: float) -> dict:
-    """pi0-style action expert: latency of one action chunk with the prefix KV cache and without."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-
-    from octo_like.model.action_expert import Pi0
-    from octo_like.model.language.gemma import GEMMA_SIZES
-    from octo_like.model.paligemma import PaliGemmaConfig
-    from octo_like.model.vision.siglip import SIGLIP_SIZES
-
-    if size not in GEMMA_SIZES or dtype_name not in ("float32", "bfloat16") or euler_steps < 1:
-        raise InputError(
-            f"--gemma_size={size} --dtype={dtype_name} --euler_steps={euler_steps}; expected one of "
-            f"{', '.join(GEMMA_SIZES)}, float32 or bfloat16, and a positive step count"
-        )
-    text = GEMMA_SIZES[size]
-    # 2B: pi0's So400m/14 tower at 224 and a width-1024 expert; tiny: a 64x64 tower and a width-128 expert.
-    vision = (
-        SIGLIP_SIZES["So400m/14"]
-        if size == "2B"
-        else dataclasses.replace(
-            SIGLIP_SIZES["B/16"],
-            hidden_size=128,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=256,
-            image_size=64,
-            patch_size=16,
-        )
-    )
-    vision = dataclasses.replace(vision, use_head=False)
-    expert = dataclasses.replace(
-        text, hidden_size=1024 if size == "2B" else 128, intermediate_size=4096 if size == "2B" else 512
-    )
-    config = PaliGemmaConfig(vision, text, image_token_id=text.vocab_size - 1)
-    horizon, action_dim = 50, 32  # pi0's chunk and padded action dimension
-    model = Pi0(config, expert, action_dim, horizon)
-    text_ids = jax.random.randint(jax.random.key(0), (1, prompt_length), 0, text.vocab_size - 1)
-    ids = jnp.concatenate([jnp.full((1, vision.num_patches), config.image_token_id), text_ids], axis=1)
-    mask = jnp.ones_like(ids)
-    pixels = jnp.zeros((1, vision.image_size, vision.image_size, 3))
-    proprio = jnp.zeros((1, action_dim))
-    params = jax.jit(model.init)(
-        jax.random.key(1), pixels, ids, mask, proprio, jnp.zeros((1, horizon, action_dim)), jnp.ones(1)
-    )["params"]
-    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.dtype(dtype_name)), params)
-    results = {}
-    for use_cache in (True, False):
-        sample = jax.jit(
-            lambda params: model.apply(
-                {"params": params},
-                pixels,
-                ids,
-                mask,
-                proprio,
-                jax.random.key(2),
-                euler_steps,
-                use_cache,
-                method=Pi0.sample,
-            )
-        )
-        results["with_cache" if use_cache else "without_cache"] = _latency_ms(lambda: sample(params), seconds)
-    return {
-        "benchmark": "flow",
-        "device": str(jax.devices()[0]),
-        "gemma_size": size,
-        "dtype": dtype_name,
-        "prefix_tokens": int(ids.shape[1]),
-        "euler_steps": euler_steps,
-        "horizon": horizon,
-        **results,
-        "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"],
-    }
-
-
 def main(argv):
     if len(argv) != 2 or argv[1] not in BENCHMARKS:
         raise InputError(f"expected one benchmark name, one of: {', '.join(BENCHMARKS)}; got {argv[1:]}")
@@ -684,8 +606,6 @@ def main(argv):
             result = bench_infer_vla(config, _EULER_STEPS.value, _SECONDS.value)
         else:
             result = bench_infer(config, _INFER_HEADS.value.split(","), _SECONDS.value)
-    elif argv[1] == "flow":
-        result = bench_flow(_GEMMA_SIZE.value, _PROMPT_LENGTH.value, _EULER_STEPS.value, _DTYPE.value, _SECONDS.value)
     elif argv[1] == "decode":
         result = bench_decode(_GEMMA_SIZE.value, _PROMPT_LENGTH.value, _NEW_TOKENS.value, _DTYPE.value, _SECONDS.value)
     else:

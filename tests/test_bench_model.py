@@ -103,14 +103,6 @@ def test_decode_benchmark_compares_the_kv_cache_with_rerunning():
     assert decode["cache_speedup"] == decode["with_cache"]["tokens_per_s"] / decode["without_cache"]["tokens_per_s"]
 
 
-def test_flow_benchmark_compares_the_prefix_cache_with_rerunning():
-    flow = bench("flow", "--gemma_size=tiny", "--prompt_length=4", "--euler_steps=2")
-    assert flow["prefix_tokens"] == 16 + 4 and flow["horizon"] == 50
-    for mode in ("with_cache", "without_cache"):
-        assert 0 < flow[mode]["p50_ms"] <= flow[mode]["p95_ms"] and flow[mode]["calls"] > 0
-    assert flow["cache_speedup"] == flow["without_cache"]["p50_ms"] / flow["with_cache"]["p50_ms"]
-
-
 def test_infer_benchmark_of_a_vla_config_compares_decoding_with_and_without_the_kv_cache(synthetic_data_dir):
     infer = bench(
         "infer",

@@ -253,6 +253,10 @@ def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_c
             {"action": {"kind": "bins"}, "backbone": {"size": "7B"}},
             "model.vla.backbone.size='7B'; expected one of tiny, 3B",
         ),
+        (
+            {"action": {"kind": "flow", "expert": {"hidden_size": 64, "num_heads": 2}}},
+            "action expert num_heads=2 must equal the VLM's 4: both streams attend jointly in every layer",
+        ),
     ],
 )
 def test_bad_vla_settings_fail_in_one_line(vla, message):

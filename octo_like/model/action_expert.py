@@ -11,9 +11,8 @@ itself; the action tokens attend the prefix, the proprio token and every action 
 keys and values therefore do not depend on the suffix: inference computes them once (`prefix_cache`)
 and runs only the suffix in each of the Euler steps.
 
-Flow matching in pi0's convention: x_t = t * noise + (1 - t) * actions, the network predicts the
-velocity noise - actions, t ~ Beta(1.5, 1) (mostly noisy times) kept in [0.001, 1]; sampling goes
-from t = 1 to 0 in `num_steps` Euler steps. The time enters each action token (pi0: concat(action
+Flow matching as the from-scratch flow head (octo_like/model/flow_matching.py: pi0's convention,
+t ~ Beta(1.5, 1), `num_steps` Euler steps from t = 1 to 0). The time enters each action token (pi0: concat(action
 embedding, sin-cos time embedding) -> Dense -> swish -> Dense), or modulates every norm of the
 expert (pi0.5's adaRMS, `time_conditioning="adarms"`).
 """
@@ -24,20 +23,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from octo_like.model.flow_matching import euler_sample, flow_matching_error, sample_flow_time, sincos_embedding
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GemmaAttention, GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
-from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, prefix_lm_mask
+from octo_like.model.paligemma import prefix_lm_mask
 from octo_like.model.precision import parameter_dtype
 from octo_like.utils.errors import InputError
 
 
-def check_expert_geometry(vlm: GemmaConfig, expert: GemmaConfig) -> None:
+def expert_geometry_mismatch(vlm: GemmaConfig, expert: GemmaConfig) -> str | None:
+    """Why the expert cannot attend jointly with the VLM (one line), or None."""
     for field in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
         if getattr(vlm, field) != getattr(expert, field):
-            raise InputError(
+            return (
                 f"action expert {field}={getattr(expert, field)} must equal the VLM's {getattr(vlm, field)}: "
                 "both streams attend jointly in every layer"
             )
+    return None
 
 
 def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon: int) -> jax.Array:
@@ -56,14 +58,6 @@ def suffix_mask(prefix_valid_BP: jax.Array, prefix_mask_BPP: jax.Array, horizon:
         axis=2,
     )
     return jnp.concatenate([top_BPX, bottom_BSX], axis=1)
-
-
-def time_features(time_B: jax.Array, width: int) -> jax.Array:
-    """Sin-cos features [B, width] of t in [0, 1] over periods from 4e-3 to 4 (openpi's range)."""
-    fraction = jnp.linspace(0.0, 1.0, width // 2)
-    period = 4e-3 * (4.0 / 4e-3) ** fraction
-    angles_BF = time_B[:, None] * 2 * jnp.pi / period[None]
-    return jnp.concatenate([jnp.sin(angles_BF), jnp.cos(angles_BF)], axis=1)
 
 
 TIME_CONDITIONINGS = ("concat", "adarms")
@@ -146,7 +140,7 @@ class ActionExpert(nn.Module):
         proprio_BD, noisy_actions_BHA = proprio_BD.astype(dtype), noisy_actions_BHA.astype(dtype)
         actions_BHE = self.action_in(noisy_actions_BHA)
         width = actions_BHE.shape[-1]
-        time_BE = time_features(time_B, width).astype(actions_BHE.dtype)
+        time_BE = sincos_embedding(time_B[:, None], width).astype(actions_BHE.dtype)
         if self.time_conditioning == "adarms":
             conditioning = {"cond_BE": nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_BE))))}
         else:
@@ -200,7 +194,9 @@ class PrefixWithExpert(nn.Module):
     time_conditioning: str = "concat"
 
     def setup(self):
-        check_expert_geometry(self.vlm_config, self.expert_config)
+        mismatch = expert_geometry_mismatch(self.vlm_config, self.expert_config)
+        if mismatch:
+            raise InputError(mismatch)
         self.expert = ActionExpert(self.expert_config, self.action_dim, self.horizon, self.time_conditioning)
 
     @staticmethod
@@ -251,76 +247,32 @@ class PrefixWithExpert(nn.Module):
         """The flow-matching loss: mean squared velocity error over the valid action entries."""
         noise_rng, time_rng = jax.random.split(rng)
         noise_BHA = jax.random.normal(noise_rng, actions_BHA.shape, actions_BHA.dtype)
-        time_B = sample_flow_time(time_rng, actions_BHA.shape[0])
-        noisy_BHA = time_B[:, None, None] * noise_BHA + (1 - time_B[:, None, None]) * actions_BHA
-        predicted_BHA = self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
-        return masked_mean((predicted_BHA.astype(jnp.float32) - (noise_BHA - actions_BHA)) ** 2, action_mask_BHA)
+        time_B = sample_flow_time(time_rng, (actions_BHA.shape[0],))
+
+        def predict_velocity(noisy_BHA):
+            return self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
+
+        error_BHA = flow_matching_error(predict_velocity, actions_BHA, noise_BHA, time_B[:, None, None])
+        return masked_mean(error_BHA, action_mask_BHA)
 
     def sample(self, vlm_layers, prefix: Prefix, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
         """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the
         cache, the prefix runs once; without it, every step reruns prefix and suffix."""
-        if num_steps < 1:
-            raise InputError(f"num_steps={num_steps}; expected a positive number of Euler steps")
         batch = prefix.valid_BP.shape[0]
-        noisy_BHA = jax.random.normal(rng, (batch, self.horizon, self.action_dim))
-        step = -1.0 / num_steps
+        noise_BHA = jax.random.normal(rng, (batch, self.horizon, self.action_dim))
         if not use_cache:
-            for index in range(num_steps):
-                time_B = jnp.full((batch,), 1.0 + index * step)
-                noisy_BHA = noisy_BHA + step * self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B).astype(
-                    jnp.float32
-                )
-            return noisy_BHA
+
+            def velocity(noisy_BHA, time, _):
+                return self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, jnp.full((batch,), time))
+
+            return euler_sample(velocity, noise_BHA, num_steps)
         cache = self.prefix_cache(vlm_layers, prefix)
         suffix_positions_BS = prefix.suffix_positions(1 + self.horizon)
         mask_BSX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)[:, prefix.valid_BP.shape[1] :]
-        for index in range(num_steps):
-            time_B = jnp.full((batch,), 1.0 + index * step)
-            suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
+
+        def cached_velocity(noisy_BHA, time, _):
+            suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, jnp.full((batch,), time))
             suffix_BSE = self.suffix_with_cache(cache, suffix_BSE, conditioning, suffix_positions_BS, mask_BSX)
-            noisy_BHA = noisy_BHA + step * self.expert.velocity(suffix_BSE, conditioning).astype(jnp.float32)
-        return noisy_BHA
+            return self.expert.velocity(suffix_BSE, conditioning)
 
-
-def sample_flow_time(rng: jax.Array, batch: int) -> jax.Array:
-    """t ~ Beta(1.5, 1) * 0.999 + 0.001: pi0's emphasis on noisy times, never exactly 0."""
-    return jax.random.beta(rng, 1.5, 1.0, (batch,)) * 0.999 + 0.001
-
-
-class Pi0(nn.Module):
-    """PaliGemma plus the action expert, on PaliGemma's inputs (image-token ids in `input_ids`).
-
-    The whole prefix (image tokens and the instruction) attends bidirectionally, as in pi0."""
-
-    paligemma_config: PaliGemmaConfig
-    expert_config: GemmaConfig
-    action_dim: int
-    horizon: int
-
-    def setup(self):
-        self.paligemma = PaliGemma(self.paligemma_config)
-        self.flow = PrefixWithExpert(self.paligemma_config.text, self.expert_config, self.action_dim, self.horizon)
-
-    def _prefix(self, pixels_BHWC, input_ids_BP, attention_mask_BP) -> Prefix:
-        return Prefix.bidirectional(self.paligemma.embed(pixels_BHWC, input_ids_BP), attention_mask_BP)
-
-    def _layers(self):
-        return self.paligemma.language_model.layers
-
-    def velocity(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
-        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
-        return self.flow.velocity(self._layers(), prefix, proprio_BD, noisy_BHA, time_B)
-
-    def loss(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, actions_BHA, action_mask_BHA, rng):
-        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
-        return self.flow.loss(self._layers(), prefix, proprio_BD, actions_BHA, action_mask_BHA, rng)
-
-    def sample(
-        self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True
-    ):
-        prefix = self._prefix(pixels_BHWC, input_ids_BP, attention_mask_BP)
-        return self.flow.sample(self._layers(), prefix, proprio_BD, rng, num_steps, use_cache)
-
-    def __call__(self, pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B):
-        """Touches every parameter (for init)."""
-        return self.velocity(pixels_BHWC, input_ids_BP, attention_mask_BP, proprio_BD, noisy_BHA, time_B)
+        return euler_sample(cached_velocity, noise_BHA, num_steps)

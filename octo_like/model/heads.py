@@ -28,6 +28,13 @@ import numpy as np
 import optax
 
 from octo_like.model.binning import bin_center, bin_index
+from octo_like.model.flow_matching import (
+    PI0_TIME_BETA,
+    euler_sample,
+    flow_matching_error,
+    sample_flow_time,
+    sincos_embedding,
+)
 from octo_like.model.tokens import TokenGroup
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
@@ -160,13 +167,6 @@ class DiscreteActionHead(ActionHead):
 
     def _centers(self, bins_BTHA: jax.Array) -> jax.Array:
         return bin_center(bins_BTHA, self.low, self.high, self.n_bins)
-
-
-def sincos_embedding(time_BT1: jax.Array, dim: int) -> jax.Array:
-    """Fixed sine-cosine features of times in [0, 1] (pi0's periods, 4e-3 .. 4), [B, T, dim]."""
-    periods = 4e-3 * (4.0 / 4e-3) ** np.linspace(0.0, 1.0, dim // 2)
-    angles_BTF = time_BT1 * (2 * np.pi / periods)
-    return jnp.concatenate([jnp.sin(angles_BTF), jnp.cos(angles_BTF)], axis=-1)
 
 
 class MLPResNetBlock(nn.Module):
@@ -371,16 +371,13 @@ class DiffusionActionHead(_DenoisingHead):
 
 
 class FlowMatchingActionHead(_DenoisingHead):
-    """Flow matching over the chunk, in pi0's convention.
-
-    x_t = t * noise + (1 - t) * actions, so t = 1 is pure noise and t = 0 the data; the network
-    predicts the velocity u = noise - actions. Training draws t = 0.001 + 0.999 * Beta(time_beta),
-    whose default Beta(1.5, 1) puts more weight on noisy times; sampling integrates from t = 1 to 0
-    with `num_inference_steps` Euler steps. `time` of `__call__` is t.
+    """Flow matching over the chunk (octo_like/model/flow_matching.py, pi0's convention): training
+    draws t from Beta(time_beta), sampling runs `num_inference_steps` Euler steps from noise at t = 1.
+    `time` of `__call__` is t.
     """
 
     num_inference_steps: int = 10
-    time_beta: tuple[float, float] = (1.5, 1.0)
+    time_beta: tuple[float, float] = PI0_TIME_BETA
 
     def loss(self, readout, actions_BTHA, action_pad_mask_BTHA, timestep_pad_mask_BT, *, rng, train):
         valid_BTHA, actions_BTHA = self._clean_targets(
@@ -388,12 +385,14 @@ class FlowMatchingActionHead(_DenoisingHead):
         )
         time_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         B, T = actions_BTHA.shape[:2]
-        time_BT1 = 0.001 + 0.999 * jax.random.beta(time_rng, *self.time_beta, (B, T, 1))
+        time_BT1 = sample_flow_time(time_rng, (B, T, 1), self.time_beta)
         noise_BTHA = jax.random.normal(noise_rng, actions_BTHA.shape)
-        time_BT11 = time_BT1[..., None]
-        noisy_BTHA = time_BT11 * noise_BTHA + (1 - time_BT11) * actions_BTHA
-        velocity_BTHA = self(readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng)
-        loss = masked_mean(jnp.square(velocity_BTHA - (noise_BTHA - actions_BTHA)), valid_BTHA)
+
+        def predict_velocity(noisy_BTHA):
+            return self(readout, train=train, time_BT1=time_BT1, noisy_actions_BTHA=noisy_BTHA, rng=dropout_rng)
+
+        error_BTHA = flow_matching_error(predict_velocity, actions_BTHA, noise_BTHA, time_BT1[..., None])
+        loss = masked_mean(error_BTHA, valid_BTHA)
         return loss, {"loss": loss}
 
     def predict_action(
@@ -401,21 +400,16 @@ class FlowMatchingActionHead(_DenoisingHead):
     ) -> jax.Array:
         """Euler-integrates noise at t = 1 to a chunk at t = 0; `num_inference_steps` overrides the field."""
         steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
-        if steps < 1:
-            raise InputError(f"num_inference_steps={steps}; expected >= 1")
         embeddings_BTC, network = self._scan_network(readout, train)
         B, T = embeddings_BTC.shape[:2]
         start_rng, loop_rng = jax.random.split(rng)
 
-        def step(noisy_BTD, inputs):
-            time, dropout_rng = inputs
-            velocity_BTD = network(noisy_BTD, self._network_time(jnp.full((B, T, 1), time)), dropout_rng)
-            return noisy_BTD - velocity_BTD / steps, None
+        def velocity(noisy_BTD, time, dropout_rng):
+            return network(noisy_BTD, self._network_time(jnp.full((B, T, 1), time)), dropout_rng)
 
-        noisy_BTD = jax.random.normal(start_rng, (B, T, self.action_horizon * self.action_dim))
-        times = 1 - np.arange(steps, dtype=np.float32) / steps
-        clean_BTD, _ = jax.lax.scan(step, noisy_BTD, (times, jax.random.split(loop_rng, steps)))
-        return self._chunks(clean_BTD)
+        noise_BTD = jax.random.normal(start_rng, (B, T, self.action_horizon * self.action_dim))
+        step_rngs = jax.random.split(loop_rng, max(steps, 1))
+        return self._chunks(euler_sample(velocity, noise_BTD, steps, step_rngs))
 
 
 HEADS: dict[str, tuple[type[ActionHead], dict[str, Any]]] = {

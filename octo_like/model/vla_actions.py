@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.model.action_expert import Prefix, PrefixWithExpert
+from octo_like.model.action_expert import Prefix, PrefixWithExpert, expert_geometry_mismatch
 from octo_like.model.action_tokens import ActionBins, FASTTokenizer
 from octo_like.model.language.gemma import GemmaConfig
 from octo_like.model.paligemma import PaliGemmaConfig, prefix_lm_mask
@@ -130,6 +130,9 @@ class FlowActions(VLAActions):
     def expert_config(self):
         # The backbone's attention geometry at the configured width (pi0's Gemma-300M expert).
         return dataclasses.replace(self.backbone_config.text, **self.action["expert"])
+
+    def check(self):
+        return expert_geometry_mismatch(self.backbone_config.text, self.expert_config())
 
     def add_modules(self, network):
         network.flow = PrefixWithExpert(
