@@ -37,7 +37,7 @@ def main(argv):
         raise InputError(f"--scale={_SCALE.value} and --max_chunks={_MAX_CHUNKS.value} must be positive")
     # The data pipeline imports TensorFlow (seconds): only after the flags are checked, so a bad flag fails at once.
     from octo_like.data.mixtures import make_named_mixture
-    from octo_like.model.action_tokens import fit_fast
+    from octo_like.model.vla.action_tokenizers import fit_fast
 
     dataset, _ = make_named_mixture(train=True, **_CONFIG.value.dataset.to_dict())
     chunks = []

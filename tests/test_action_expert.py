@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.model.action_expert import suffix_mask
+from octo_like.model.vla.action_expert import suffix_mask
 
 
 def test_suffix_mask_blocks():
@@ -20,8 +20,8 @@ def test_suffix_mask_blocks():
 
 
 def test_adaptive_rms_blocks_start_as_the_identity_and_depend_on_the_time_once_trained():
-    from octo_like.model.action_expert import AdaptiveGemmaDecoderLayer
     from octo_like.model.language.gemma import GEMMA_SIZES
+    from octo_like.model.vla.action_expert import AdaptiveGemmaDecoderLayer
 
     config = dataclasses.replace(GEMMA_SIZES["tiny"], hidden_size=16, num_heads=2, head_dim=8, intermediate_size=32)
     layer = AdaptiveGemmaDecoderLayer(config)

@@ -50,6 +50,19 @@ def test_imports_flow_one_way(package):
     assert not violations, "\n".join(sorted(violations))
 
 
+def test_the_two_model_families_do_not_import_each_other_and_shared_modules_import_neither():
+    # model/scratch (from scratch) and model/vla (VLM-initialized) build on model/'s shared modules.
+    violations = []
+    for path in python_files("octo_like/model"):
+        family = os.path.relpath(path, os.path.join(REPO_ROOT, "octo_like", "model")).split(os.sep)[0]
+        others = {"scratch", "vla"} - {family}
+        for module in imported_modules(path):
+            parts = module.split(".")
+            if parts[:2] == ["octo_like", "model"] and len(parts) > 2 and parts[2] in others:
+                violations.append(f"{os.path.relpath(path, REPO_ROOT)} imports {module}")
+    assert not violations, "\n".join(sorted(violations))
+
+
 def test_model_and_data_keep_to_their_frameworks():
     model_tf = [
         p for p in python_files("octo_like/model") if any(m.startswith("tensorflow") for m in imported_modules(p))
@@ -69,7 +82,7 @@ def test_no_code_edits_sys_path():
 
 
 def test_networks_dispatch_by_declared_interface_not_by_kind_strings():
-    # Each VLA action kind is a class behind octo_like.model.vla_actions.VLAActions.
+    # Each VLA action kind is a class behind octo_like.model.vla.actions.VLAActions.
     dispatching = [
         f"{os.path.relpath(path, REPO_ROOT)}:{number}"
         for path in python_files("octo_like/model")

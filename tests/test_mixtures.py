@@ -9,7 +9,7 @@ TRAJ_KWARGS = dict(
     action_horizon=3,
     goal_relabeling_strategy="uniform",
     text_tokenizer={
-        "module": "octo_like.data.language",
+        "module": "octo_like.data.text_tokenizer",
         "name": "TextTokenizer",
         "args": [],
         "kwargs": {"max_length": 12},

@@ -49,10 +49,10 @@ def test_a_release_names_the_environment_observation_of_its_proprio():
 
 def test_sentence_tokens_are_one_unit_length_token_close_for_rewordings():
     from octo_like.hf.minilm import load_bert_params
-    from octo_like.model.network import LANGUAGE_ENCODER
+    from octo_like.model.scratch.network import LANGUAGE_ENCODER
     from octo_like.policy.build import make_network
     from octo_like.utils.assets import installed_minilm_dir
-    from octo_like.utils.text import FixedLengthTokenizer
+    from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
     tokenizer = FixedLengthTokenizer(None, 16)
     texts = ["pick up the puck and place it at the goal", "carry the puck to the goal position", "open the drawer"]

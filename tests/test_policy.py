@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from octo_like.model.heads import DiffusionActionHead
-from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
 from octo_like.policy.model import PolicyModel
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError

@@ -1,6 +1,7 @@
 """A release is data, never code: its config.json may name only registered components, and the check
 runs before anything named in it is imported or called. The registry covers every shipped config."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -247,3 +248,16 @@ def test_user_code_may_register_its_own_component_and_a_file_may_not(monkeypatch
     check_release_config(config, "release")
     with pytest.raises(InputError, match="cannot register 'os system'; expected 'pkg.module:Name'"):
         registry.register_release_component("os system")
+
+
+def test_a_release_written_before_the_model_split_reads_with_the_moved_modules_renamed():
+    with open(os.path.join(RELEASE_FIXTURE, "config.json"), encoding="utf-8") as file:
+        written = file.read()
+    assert '"octo_like.model.tokenizers"' in written  # the old path, as that commit wrote it
+    tokenizers = registry.read_release_config(RELEASE_FIXTURE)["model"]["observation_tokenizers"]
+    assert {f"{node['module']}:{node['name']}" for node in tokenizers.values()} == {
+        "octo_like.model.scratch.observation_tokenizers:ImageTokenizer",
+        "octo_like.model.scratch.observation_tokenizers:ProprioTokenizer",
+    }
+    for old, new in registry.MOVED_MODULES.items():
+        assert importlib.util.find_spec(old) is None and importlib.util.find_spec(new) is not None

@@ -11,8 +11,8 @@ import pytest
 
 from octo_like.hf.clip import load_clip
 from octo_like.model.heads import head_spec
-from octo_like.model.text_aware import Temperature, TextAwareImageTokenizer, select_patches, sincos_positions_2d
-from octo_like.model.tokenizers import ProprioTokenizer
+from octo_like.model.scratch.observation_tokenizers import ProprioTokenizer
+from octo_like.model.scratch.text_aware import Temperature, TextAwareImageTokenizer, select_patches, sincos_positions_2d
 from octo_like.policy.model import PolicyModel
 from octo_like.train.optim import make_optimizer
 from octo_like.train.state import TrainState
@@ -20,7 +20,7 @@ from octo_like.train.step import make_train_step
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
 from octo_like.utils.normalization import with_normalization_settings
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 CLIP_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "clip_tiny")
 OTTER_CONFIG = os.path.join(

@@ -127,7 +127,7 @@ def test_apply_trajectory_transforms_filters_large_actions_and_tokenizes():
         action_horizon=3,
         max_action=400.0,
         text_tokenizer={
-            "module": "octo_like.data.language",
+            "module": "octo_like.data.text_tokenizer",
             "name": "TextTokenizer",
             "args": [],
             "kwargs": {"max_length": 8},

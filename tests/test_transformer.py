@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from octo_like.model.scratch.transformer import TRANSFORMER_SIZES, BlockTransformer, block_attention_mask
 from octo_like.model.tokens import TokenGroup
-from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer, block_attention_mask
 from octo_like.utils.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""The VLM-initialized policy (octo_like/model/vla.py) through PolicyModel: bins, FAST, flow, LoRA,
+"""The VLM-initialized policy (octo_like/model/vla/network.py) through PolicyModel: bins, FAST, flow, LoRA,
 a PaliGemma checkpoint, FSDP on 8 CPU devices, the 3B rules, and train.py / evaluate.py end to end."""
 
 import json
@@ -15,9 +15,9 @@ import tokenizers
 import trained_runs
 
 from octo_like.hf.paligemma import load_paligemma
-from octo_like.model.action_tokens import fit_fast
-from octo_like.model.vla import VLA_SIZES, make_vla_network
-from octo_like.model.vla_actions import fast_chunks
+from octo_like.model.vla.action_tokenizers import fit_fast
+from octo_like.model.vla.actions import fast_chunks
+from octo_like.model.vla.network import VLA_SIZES, make_vla_network
 from octo_like.policy.build import resolve_vla_config
 from octo_like.policy.model import PolicyModel
 from octo_like.train.mesh import VLA_FSDP_RULES, make_mesh, param_shardings
@@ -25,7 +25,7 @@ from octo_like.train.optim import make_optimizer
 from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
 from octo_like.utils.normalization import with_normalization_settings
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PALIGEMMA = os.path.join(REPO_ROOT, "tests", "fixtures", "paligemma_tiny")

@@ -40,7 +40,7 @@ import os
 import ml_collections
 
 from octo_like.model.heads import HEADS, head_spec
-from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
 from octo_like.utils import spec
 from octo_like.utils.config import load_config_module
 from octo_like.utils.errors import InputError

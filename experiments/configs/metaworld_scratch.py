@@ -20,8 +20,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from octo_like.model.heads import HEADS, head_spec
-from octo_like.model.tokenizers import ImageTokenizer, ProprioTokenizer
-from octo_like.model.transformer import TRANSFORMER_SIZES
+from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.model.scratch.transformer import TRANSFORMER_SIZES
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
@@ -82,7 +82,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                 goal_relabeling_strategy=config_dict.placeholder(str),
                 subsample_length=config_dict.placeholder(int),
                 max_action=config_dict.placeholder(float),
-                text_tokenizer=spec.create("octo_like.data.language:TextTokenizer", max_length=16),
+                text_tokenizer=spec.create("octo_like.data.text_tokenizer:TextTokenizer", max_length=16),
             ),
             frame_transform_kwargs=dict(
                 resize_size=IMAGE_SIZES,

@@ -20,8 +20,8 @@ import os
 import ml_collections
 
 from octo_like.model.heads import HEADS, head_spec
-from octo_like.model.tokenizers import GoalImageTokenizer, ImageTokenizer, ProprioTokenizer
-from octo_like.model.transformer import TRANSFORMER_SIZES
+from octo_like.model.scratch.observation_tokenizers import GoalImageTokenizer, ImageTokenizer, ProprioTokenizer
+from octo_like.model.scratch.transformer import TRANSFORMER_SIZES
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError

@@ -36,8 +36,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from octo_like.model.heads import HEADS, head_spec
-from octo_like.model.text_aware import SELECTIONS, TextAwareImageTokenizer
-from octo_like.model.tokenizers import ProprioTokenizer
+from octo_like.model.scratch.observation_tokenizers import ProprioTokenizer
+from octo_like.model.scratch.text_aware import SELECTIONS, TextAwareImageTokenizer
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.config import load_config

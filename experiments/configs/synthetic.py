@@ -47,7 +47,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
                 subsample_length=config_dict.placeholder(int),
                 max_action=config_dict.placeholder(float),
                 # named, not imported: loading the config stays free of TensorFlow, so that a bad flag fails at once
-                text_tokenizer=spec.create("octo_like.data.language:TextTokenizer", max_length=16),
+                text_tokenizer=spec.create("octo_like.data.text_tokenizer:TextTokenizer", max_length=16),
             ),
             frame_transform_kwargs=dict(
                 resize_size={"primary": (64, 64), "wrist": (32, 32)},

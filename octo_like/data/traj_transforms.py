@@ -11,7 +11,7 @@ from typing import Any
 import tensorflow as tf
 
 from octo_like.data.dlataset import AUTOTUNE, DLataset
-from octo_like.data.language import TextTokenizer
+from octo_like.data.text_tokenizer import TextTokenizer
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.errors import InputError
 

@@ -28,7 +28,7 @@ from octo_like.model.vision.clip import (
     CLIPVisionConfig,
 )
 from octo_like.utils.errors import InputError
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults (what save_pretrained omits).
 _TEXT_DEFAULTS = dict(

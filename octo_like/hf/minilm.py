@@ -19,7 +19,7 @@ from octo_like.hf.files import listed, required_file
 from octo_like.model.language.minilm import BertConfig, BertEncoder
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 # config.json key (as transformers writes it) -> BertConfig field.
 _CONFIG_KEYS = {

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from octo_like.hf.files import CheckpointTensors, load_flax_params, read_config
 from octo_like.hf.gemma import gemma_config_from_dict
 from octo_like.hf.siglip import siglip_vision_config_from_dict
-from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
+from octo_like.model.vla.paligemma import PaliGemma, PaliGemmaConfig, check_image_tokens
 
 _PREFIXES = {
     "vision_tower": (

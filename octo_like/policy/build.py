@@ -12,7 +12,7 @@ The `model` section of an experiment config:
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
     heads:                  {name: spec}   e.g. spec.create(DiffusionActionHead, action_horizon=4, action_dim=4)
-    vla:                    None, or the VLA family's section (octo_like/model/vla.py): backbone
+    vla:                    None, or the VLA family's section (octo_like/model/vla/network.py): backbone
                             {checkpoint, size, config}, action {kind: bins|fast|flow, horizon,
                             action_dim, ...}, lora {rank, alpha, targets} or None
 
@@ -34,13 +34,13 @@ import ml_collections
 from octo_like.hf.clip import clip_config_from_hf, load_clip_params
 from octo_like.hf.minilm import bert_config_from_hf, load_bert_params
 from octo_like.hf.paligemma import load_paligemma_params, paligemma_config_from_hf
-from octo_like.model.action_expert import TIME_CONDITIONINGS
 from octo_like.model.architecture import resolve_architecture
 from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora
-from octo_like.model.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOKENS, PolicyNetwork
+from octo_like.model.scratch.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOKENS, PolicyNetwork
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig
-from octo_like.model.vla import VLA_SIZES, VLANetwork, make_vla_network
-from octo_like.model.vla_actions import VLA_ACTIONS
+from octo_like.model.vla.action_expert import TIME_CONDITIONINGS
+from octo_like.model.vla.actions import VLA_ACTIONS
+from octo_like.model.vla.network import VLA_SIZES, VLANetwork, make_vla_network
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
 

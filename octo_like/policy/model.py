@@ -8,7 +8,7 @@
     model = PolicyModel.load_pretrained(run_dir)
 
 `config` is the experiment config (a plain dict or ConfigDict); its `model` section is described in
-octo_like/policy/build.py, which builds the network (octo_like.model.network.PolicyNetwork from
+octo_like/policy/build.py, which builds the network (octo_like.model.scratch.network.PolicyNetwork from
 scratch, or octo_like.model.vla.VLANetwork with a `vla` section; both have the same methods) and
 loads its pretrained parts. Frozen encoders are never updated: their outputs are cut from the
 gradient and the optimizer leaves `language_encoder/*` and `clip/*` alone whatever its config says
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from octo_like.model.lora import merge_lora
-from octo_like.model.network import CLIP, LANGUAGE_ENCODER, PolicyNetwork
-from octo_like.model.vla import VLANetwork
-from octo_like.model.vla_actions import load_fast_tokenizer
+from octo_like.model.scratch.network import CLIP, LANGUAGE_ENCODER, PolicyNetwork
+from octo_like.model.vla.actions import load_fast_tokenizer
+from octo_like.model.vla.network import VLANetwork
 from octo_like.policy import release
 from octo_like.policy.build import (
     LORA,
@@ -54,7 +54,7 @@ from octo_like.policy.registry import read_release_config
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_atomically, write_text_atomically
 from octo_like.utils.sharding import place_params
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 RELEASE_TOKENIZER = "tokenizer.json"
 RELEASE_FAST_TOKENIZER = "fast_tokenizer"

@@ -31,15 +31,23 @@ RELEASE_COMPONENTS = frozenset(
         "octo_like.model.heads:DiffusionActionHead",
         "octo_like.model.heads:FlowMatchingActionHead",
         # Observation and task tokenizers.
-        "octo_like.model.tokenizers:ImageTokenizer",
-        "octo_like.model.tokenizers:GoalImageTokenizer",
-        "octo_like.model.tokenizers:ProprioTokenizer",
-        "octo_like.model.text_aware:TextAwareImageTokenizer",
+        "octo_like.model.scratch.observation_tokenizers:ImageTokenizer",
+        "octo_like.model.scratch.observation_tokenizers:GoalImageTokenizer",
+        "octo_like.model.scratch.observation_tokenizers:ProprioTokenizer",
+        "octo_like.model.scratch.text_aware:TextAwareImageTokenizer",
         # The data pipeline's instruction tokenizer (dataset.traj_transform_kwargs.text_tokenizer).
-        "octo_like.data.language:TextTokenizer",
+        "octo_like.data.text_tokenizer:TextTokenizer",
     }
 )
 _REGISTERED: set[str] = set()  # added by the user's code (register_release_component)
+
+# Modules that releases written before model/ split into its two families name, and where those
+# components live now: reading a config.json renames them, so that older releases load and resume.
+MOVED_MODULES = {
+    "octo_like.model.tokenizers": "octo_like.model.scratch.observation_tokenizers",
+    "octo_like.model.text_aware": "octo_like.model.scratch.text_aware",
+    "octo_like.data.language": "octo_like.data.text_tokenizer",
+}
 
 
 def _mappings(tree: Any) -> Iterator[tuple[str, Mapping]]:
@@ -79,6 +87,14 @@ def check_release_config(config: Mapping, source: str) -> None:
             )
 
 
+def rename_moved_modules(config: Any) -> None:
+    """Renames, in place, the "module" of every mapping in `config` that names a moved module."""
+    for _, node in _mappings(config):
+        module = node.get("module")
+        if isinstance(module, str) and module in MOVED_MODULES:
+            node["module"] = MOVED_MODULES[module]
+
+
 def register_release_component(target: str) -> None:
     """Lets releases name `target` ("pkg.module:Name", e.g. your own action head) from now on in this
     process: a choice made in your code, never by a file being loaded."""
@@ -89,8 +105,9 @@ def register_release_component(target: str) -> None:
 
 
 def read_config_json(run_dir: str) -> dict:
-    """The run directory's config.json as a JSON object with a `model` section, or one InputError
-    saying what is wrong with the file. Nothing in it is checked or built (see `read_release_config`)."""
+    """The run directory's config.json as a JSON object with a `model` section (moved modules renamed),
+    or one InputError saying what is wrong with the file. Nothing in it is checked or built (see
+    `read_release_config`)."""
     path = os.path.join(run_dir, RELEASE_CONFIG)
     try:
         with open(path, encoding="utf-8") as file:
@@ -109,6 +126,7 @@ def read_config_json(run_dir: str) -> dict:
         raise InputError(
             f"release config '{path}' has no 'model' object; expected the model section that save_pretrained writes"
         )
+    rename_moved_modules(config)
     return config
 
 

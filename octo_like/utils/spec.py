@@ -2,7 +2,7 @@
 
 A spec is a plain dict, so it lives in a ConfigDict and in a saved `config.json`:
 
-    {"module": "octo_like.data.language", "name": "TextTokenizer", "args": [], "kwargs": {"max_length": 16}}
+    {"module": "octo_like.data.text_tokenizer", "name": "TextTokenizer", "args": [], "kwargs": {"max_length": 16}}
 
 `create` builds one from a class/function or a "pkg.mod:Attr" string, `resolve` imports the target
 and binds the arguments, `instantiate` calls it. Specs that went through a ConfigDict come back as

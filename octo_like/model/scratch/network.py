@@ -19,9 +19,9 @@ import jax.numpy as jnp
 
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.minilm import BertConfig, BertEncoder
-from octo_like.model.tokenizers import language_mask
+from octo_like.model.scratch.observation_tokenizers import language_mask
+from octo_like.model.scratch.transformer import TRANSFORMER_SIZES, BlockTransformer
 from octo_like.model.tokens import TokenGroup
-from octo_like.model.transformer import TRANSFORMER_SIZES, BlockTransformer
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
 from octo_like.utils.errors import InputError

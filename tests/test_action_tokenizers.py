@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from octo_like.model.action_tokens import ActionBins, FASTTokenizer, dct_matrix, fit_fast
+from octo_like.model.vla.action_tokenizers import ActionBins, FASTTokenizer, dct_matrix, fit_fast
 from octo_like.utils.errors import InputError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

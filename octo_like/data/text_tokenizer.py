@@ -6,7 +6,7 @@ have static shapes. A dataset has few distinct instructions, so encodings are ca
 
 import tensorflow as tf
 
-from octo_like.utils.text import FixedLengthTokenizer
+from octo_like.utils.text_tokenizer import FixedLengthTokenizer
 
 
 class TextTokenizer(FixedLengthTokenizer):

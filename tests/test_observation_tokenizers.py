@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octo_like.model.tokenizers import (
+from octo_like.model.scratch.observation_tokenizers import (
     TOKENIZERS,
     GoalImageTokenizer,
     ImageTokenizer,

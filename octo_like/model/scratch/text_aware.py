@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.model.tokenizers import checked_images, observation_mask_BT
+from octo_like.model.scratch.observation_tokenizers import checked_images, observation_mask_BT
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPModel
 from octo_like.utils.errors import InputError

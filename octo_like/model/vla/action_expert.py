@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from octo_like.model.flow_matching import euler_sample, flow_matching_error, sample_flow_time, sincos_embedding
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GemmaAttention, GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
-from octo_like.model.paligemma import prefix_lm_mask
 from octo_like.model.precision import parameter_dtype
+from octo_like.model.vla.paligemma import prefix_lm_mask
 from octo_like.utils.errors import InputError
 
 

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from octo_like.model.action_expert import Prefix, PrefixWithExpert, expert_geometry_mismatch
-from octo_like.model.action_tokens import ActionBins, FASTTokenizer
 from octo_like.model.language.gemma import GemmaConfig
-from octo_like.model.paligemma import PaliGemmaConfig, prefix_lm_mask
+from octo_like.model.vla.action_expert import Prefix, PrefixWithExpert, expert_geometry_mismatch
+from octo_like.model.vla.action_tokenizers import ActionBins, FASTTokenizer
+from octo_like.model.vla.paligemma import PaliGemmaConfig, prefix_lm_mask
 
 
 @functools.lru_cache(maxsize=4)

@@ -47,9 +47,9 @@ import jax.numpy as jnp
 
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GEMMA_SIZES, GemmaConfig
-from octo_like.model.paligemma import PaliGemma, PaliGemmaConfig
 from octo_like.model.vision.siglip import SIGLIP_SIZES, SiglipVisionConfig
-from octo_like.model.vla_actions import VLA_ACTIONS, VLAActions
+from octo_like.model.vla.actions import VLA_ACTIONS, VLAActions
+from octo_like.model.vla.paligemma import PaliGemma, PaliGemmaConfig
 from octo_like.utils.errors import InputError
 
 # tiny: CPU-sized, 64x64 images (16 patches), a vocabulary that holds the installed MiniLM

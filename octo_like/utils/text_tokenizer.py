@@ -14,7 +14,7 @@ class FixedLengthTokenizer:
     """Fixed-length tokenizer from a `tokenizer.json`, or a checkpoint directory holding one
     (default: the installed all-MiniLM-L6-v2).
 
-    Used by the data pipeline (through `octo_like.data.language.TextTokenizer`) and by the policy
+    Used by the data pipeline (through `octo_like.data.text_tokenizer.TextTokenizer`) and by the policy
     model's `create_tasks`, so an instruction gets the same ids in training and at inference.
     """
 
