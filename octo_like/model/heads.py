@@ -15,8 +15,8 @@ exposes the same three methods, so the policy and the trainer treat them alike:
 A loss averages over valid entries only: action_pad_mask (False past the episode end and on padded
 action dims) and timestep_pad_mask, broadcast. Every head gets an explicit `rng` (its dropout key
 included), so the trainer needs no `rngs=` for the heads. The sampling heads run their denoising
-loop under `jax.lax.scan`, through an unbound copy of the network: bound Flax modules cannot be
-called inside JAX transforms.
+loop under `jax.lax.scan` (flow matching through flow_matching.euler_sample), calling an unbound
+copy of the network with an explicit dropout key per step.
 """
 
 from typing import Any
