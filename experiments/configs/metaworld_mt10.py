@@ -41,6 +41,7 @@ import ml_collections
 
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.model.vision.stems import TINY_SMALL_STEM_KWARGS
 from octo_like.utils import spec
 from octo_like.utils.config import load_config_module
 from octo_like.utils.errors import InputError
@@ -93,7 +94,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             ImageTokenizer,
             camera=camera,
             stem="small_stem",
-            stem_kwargs=metaworld_scratch.TINY_STEM,
+            stem_kwargs=TINY_SMALL_STEM_KWARGS,
             image_size=size,
             use_film=camera == "primary" and settings["film"] == "on",
         )

@@ -21,7 +21,8 @@ from ml_collections import config_dict
 
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
-from octo_like.model.scratch.transformer import TRANSFORMER_SIZES
+from octo_like.model.scratch.transformer import DEFAULT_TRANSFORMER_SIZE, TRANSFORMER_SIZES
+from octo_like.model.vision.stems import TINY_SMALL_STEM_KWARGS
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
@@ -30,12 +31,11 @@ ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
 WINDOW_SIZE = 2
 ACTION_HORIZON = 4
 IMAGE_SIZES = {"primary": (64, 64), "wrist": (32, 32)}
-TINY_STEM = dict(features=(16, 32, 64, 128), num_features=128)
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     head, _, size = (variant or "diffusion").partition(",")
-    size = size or "tiny"
+    size = size or DEFAULT_TRANSFORMER_SIZE
     if head not in HEADS:
         raise InputError(f"unknown head '{head}' in variant '{variant}'; expected one of {', '.join(HEADS)}")
     if size not in TRANSFORMER_SIZES:
@@ -44,7 +44,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         )
     config = training_run_config(run_dir=f"runs/metaworld_{head}_{size}", num_steps=1500)
     # The tiny model gets a narrow stem too: at 64x64 the default stem is most of a CPU step.
-    stem_kwargs = TINY_STEM if size == "tiny" else {}
+    stem_kwargs = TINY_SMALL_STEM_KWARGS if size == "tiny" else {}
     config.model = dict(
         observation_tokenizers={
             camera: spec.create(

@@ -21,12 +21,11 @@ import ml_collections
 
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.scratch.observation_tokenizers import GoalImageTokenizer, ImageTokenizer, ProprioTokenizer
-from octo_like.model.scratch.transformer import TRANSFORMER_SIZES
+from octo_like.model.scratch.transformer import DEFAULT_TRANSFORMER_SIZE, TRANSFORMER_SIZES
+from octo_like.model.vision.stems import TINY_SMALL_STEM_KWARGS
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
-
-TINY_STEM = dict(features=(16, 32, 64, 128), num_features=128)
 
 
 def _dataset_config() -> ml_collections.ConfigDict:
@@ -39,7 +38,7 @@ def _dataset_config() -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-    size, _, head = (variant or "tiny").partition(",")
+    size, _, head = (variant or DEFAULT_TRANSFORMER_SIZE).partition(",")
     head = head or "diffusion"
     if size not in TRANSFORMER_SIZES:
         raise InputError(
@@ -50,7 +49,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     dataset = _dataset_config()
     action_horizon = dataset.traj_transform_kwargs.action_horizon
     image_sizes = {camera: tuple(size_hw) for camera, size_hw in dataset.frame_transform_kwargs.resize_size.items()}
-    stem_kwargs = TINY_STEM if size == "tiny" else {}
+    stem_kwargs = TINY_SMALL_STEM_KWARGS if size == "tiny" else {}
 
     config = training_run_config(run_dir=f"runs/octo_scratch_{size}_{head}", num_steps=2000)
     config.model = dict(

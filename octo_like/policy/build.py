@@ -133,7 +133,7 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
         observation_tokenizers=model_config.get("observation_tokenizers", {}),
         task_tokenizers=model_config.get("task_tokenizers", {}),
         readouts=model_config.get("readouts", {"action": 1}),
-        transformer=model_config.get("transformer", {"size": "tiny"}),
+        transformer=model_config.get("transformer", {}),
         heads=model_config["heads"],
         language=bert_config,
         window_size=window_size,

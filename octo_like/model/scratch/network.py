@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.minilm import BertConfig, BertEncoder
 from octo_like.model.scratch.observation_tokenizers import language_mask
-from octo_like.model.scratch.transformer import TRANSFORMER_SIZES, BlockTransformer
+from octo_like.model.scratch.transformer import DEFAULT_TRANSFORMER_SIZE, TRANSFORMER_SIZES, BlockTransformer
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
@@ -57,7 +57,7 @@ class PolicyNetwork(nn.Module):
         if self.clip_config is not None:
             setattr(self, CLIP, CLIPModel(self.clip_config))
         transformer = dict(self.transformer)
-        size = transformer.pop("size", "tiny")
+        size = transformer.pop("size", DEFAULT_TRANSFORMER_SIZE)
         if size not in TRANSFORMER_SIZES:
             raise InputError(f"model.transformer.size='{size}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
         self.block_transformer = BlockTransformer(

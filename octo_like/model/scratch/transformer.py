@@ -28,6 +28,7 @@ from octo_like.model.tokens import TokenGroup
 from octo_like.utils.errors import InputError
 from octo_like.utils.sharding import constrain_batch
 
+DEFAULT_TRANSFORMER_SIZE = "tiny"  # a config's model.transformer without a `size`
 TRANSFORMER_SIZES = {
     "tiny": dict(num_layers=4, token_dim=128, num_heads=4, mlp_dim=512),
     "small": dict(num_layers=12, token_dim=384, num_heads=6, mlp_dim=1536),

@@ -139,3 +139,5 @@ class ResNetStem(nn.Module):
 
 
 STEMS = {"small_stem": SmallStem, "resnet": ResNetStem}
+# SmallStem at the width of the tiny transformer (128): the stem of the CPU-sized configs.
+TINY_SMALL_STEM_KWARGS = dict(features=(16, 32, 64, 128), num_features=128)
