@@ -1,12 +1,15 @@
 """PolicyModel: creation from a config, loss, sampling, tasks, and the release format round trip."""
 
+import json
+
 import jax
 import jax.extend
 import numpy as np
 import pytest
 
-from octo_like.model.heads import DiffusionActionHead
+from octo_like.model.heads import DiffusionActionHead, head_spec
 from octo_like.model.scratch.observation_tokenizers import ImageTokenizer, ProprioTokenizer
+from octo_like.policy.build import with_action_horizon
 from octo_like.policy.model import PolicyModel
 from octo_like.utils import spec
 from octo_like.utils.errors import InputError
@@ -185,6 +188,29 @@ def test_release_round_trip_gives_the_same_actions(model, tmp_path):
         atol=1e-6,
     )
     np.testing.assert_array_equal(loaded.dataset_statistics["toy"]["action"]["mask"], [True, True, True, False])
+
+
+def test_a_head_without_a_chunk_length_predicts_the_datas_and_the_release_records_it(tmp_path):
+    config = small_config()
+    config["model"]["language"] = None
+    config["model"]["heads"]["action"] = head_spec("l1", action_dim=A)
+    assert "action_horizon" not in config["model"]["heads"]["action"]["kwargs"]
+    model = PolicyModel.create(config, example_batch(), STATISTICS, jax.random.key(0))
+    assert model.config["model"]["heads"]["action"]["kwargs"]["action_horizon"] == H
+    batch = example_batch()
+    task = model.create_tasks(texts=["a", "b"])
+    assert model.sample_actions(batch["observation"], task, rng=jax.random.key(1)).shape == (B, H, A)
+    model.save_pretrained(1, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"]["heads"]["action"]["kwargs"]["action_horizon"] == H
+
+
+def test_a_chunk_length_written_in_the_model_section_stays_and_the_vla_gets_the_datas_too():
+    explicit = {"heads": {"action": head_spec("l1", action_horizon=5, action_dim=A)}}
+    assert with_action_horizon(explicit, H)["heads"]["action"]["kwargs"]["action_horizon"] == 5
+    vla = {"vla": {"action": {"kind": "bins", "horizon": None, "action_dim": A}}}
+    assert with_action_horizon(vla, H)["vla"]["action"] == {"kind": "bins", "horizon": H, "action_dim": A}
+    assert vla["vla"]["action"]["horizon"] is None  # the caller's config is left as it was
 
 
 def test_bad_inputs_fail_in_one_line(model, tmp_path):

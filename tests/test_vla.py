@@ -18,7 +18,7 @@ from octo_like.hf.paligemma import load_paligemma
 from octo_like.model.vla.action_tokenizers import fit_fast
 from octo_like.model.vla.actions import fast_chunks
 from octo_like.model.vla.network import VLA_SIZES, make_vla_network
-from octo_like.policy.build import resolve_vla_config
+from octo_like.policy.build import resolve_vla_config, with_action_horizon
 from octo_like.policy.model import PolicyModel
 from octo_like.train.mesh import VLA_FSDP_RULES, make_mesh, param_shardings
 from octo_like.train.optim import make_optimizer
@@ -292,7 +292,9 @@ def test_the_3b_pod_rules_split_every_large_array_over_8_devices():
     """pi0's size (PaliGemma-3B + Gemma-300M expert) from shapes alone: parameters and the two Adam
     moments fit 8 devices as 1/8 each, and nothing large is replicated."""
     config = load_config(os.path.join(CONFIGS, "vla_flow.py:pod")).to_dict()
-    network = make_vla_network(resolve_vla_config(config["model"]["vla"]))
+    # The chunk length is the data's (PolicyModel.create and the trainer fill it in the same way).
+    model_config = with_action_horizon(config["model"], config["dataset"]["traj_transform_kwargs"]["action_horizon"])
+    network = make_vla_network(resolve_vla_config(model_config["vla"]))
     batch = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), metaworld_like_batch(batch=1, image_size=224)
     )

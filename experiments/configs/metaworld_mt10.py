@@ -103,9 +103,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     tokenizers["proprio"] = spec.create(ProprioTokenizer, mode="linear")
     config.model.observation_tokenizers = tokenizers
     config.model.language.tokens = "all" if settings["language"] == "all" else "sentence"
-    config.model.heads = {
-        "action": head_spec(settings["head"], action_horizon=chunk, action_dim=metaworld_scratch.ACTION_DIM)
-    }
+    config.model.heads = {"action": head_spec(settings["head"], action_dim=metaworld_scratch.ACTION_DIM)}
 
     config.dataset.mixture = "metaworld/mt10"
     config.dataset.batch_size = BATCH_SIZE

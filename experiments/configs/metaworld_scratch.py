@@ -57,7 +57,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         language=dict(max_length=16, tokenizer_json=None, checkpoint=None),
         readouts={"action": 1},
         transformer=dict(size=size, dropout_rate=0.0, remat=False),
-        heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
+        heads={"action": head_spec(head, action_dim=ACTION_DIM)},  # chunks of the data's action_horizon
     )
     config.optimizer = dict(
         learning_rate=3e-4,

@@ -47,7 +47,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     if head not in HEADS:
         raise InputError(f"unknown head '{head}' in variant '{variant}'; expected one of {', '.join(HEADS)}")
     dataset = _dataset_config()
-    action_horizon = dataset.traj_transform_kwargs.action_horizon
     image_sizes = {camera: tuple(size_hw) for camera, size_hw in dataset.frame_transform_kwargs.resize_size.items()}
     stem_kwargs = TINY_SMALL_STEM_KWARGS if size == "tiny" else {}
 
@@ -70,7 +69,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         ),
         readouts={"action": 1},
         transformer=dict(size=size, dropout_rate=0.1 if size != "tiny" else 0.0, remat=False),
-        heads={"action": head_spec(head, action_horizon=action_horizon, action_dim=7)},
+        heads={"action": head_spec(head, action_dim=7)},  # chunks of the data's action_horizon
     )
     config.optimizer = dict(
         learning_rate=3e-4,

@@ -44,7 +44,6 @@ from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
 
 ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
-ACTION_HORIZON = 4  # metaworld_scratch.py's chunk (its data section is used as is)
 CAMERAS = ("primary", "wrist")
 IMAGE_SIZE = (64, 64)  # the `tiny` CLIP's; a checkpoint's own size with --config.clip_checkpoint
 
@@ -84,7 +83,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             clip=dict(checkpoint=clip_checkpoint, size="tiny"),
             readouts={"action": 1},
             transformer=dict(size="tiny", dropout_rate=0.0, remat=False),
-            heads={"action": head_spec(head, action_horizon=ACTION_HORIZON, action_dim=ACTION_DIM)},
+            heads={"action": head_spec(head, action_dim=ACTION_DIM)},  # chunks of the data's action_horizon
         )
     )
     config.optimizer = dict(

@@ -43,7 +43,6 @@ from octo_like.utils.config import load_config
 from octo_like.utils.errors import InputError
 
 ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
-ACTION_HORIZON = 4  # metaworld_scratch.py's chunk (its data section is used)
 CAMERAS = ("primary", "wrist")
 KINDS = ("bins", "fast")
 OPTIONS = ("lora", "pod", "adarms")
@@ -71,7 +70,12 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
     text_tokenizer = config.dataset.traj_transform_kwargs.text_tokenizer.kwargs
     text_tokenizer.max_length = 24
     text_tokenizer.tokenizer_json = checkpoint
-    action = dict(kind=kind, horizon=ACTION_HORIZON, action_dim=ACTION_DIM, fast_tokenizer=config_dict.placeholder(str))
+    action = dict(
+        kind=kind,
+        horizon=config_dict.placeholder(int),  # the data's action_horizon
+        action_dim=ACTION_DIM,
+        fast_tokenizer=config_dict.placeholder(str),
+    )
     if kind == "flow" and pod:
         action["expert"] = dict(hidden_size=1024, intermediate_size=4096)  # pi0's Gemma-300M expert
     if kind == "flow":

@@ -429,9 +429,12 @@ def create_head(name: str, *, action_horizon: int, action_dim: int, **kwargs) ->
     return cls(action_horizon=action_horizon, action_dim=action_dim, **{**defaults, **kwargs})
 
 
-def head_spec(name: str, *, action_horizon: int, action_dim: int, **kwargs) -> dict:
-    """The serializable spec (for a config) of the head registered as `name`."""
+def head_spec(name: str, *, action_dim: int, action_horizon: int | None = None, **kwargs) -> dict:
+    """The serializable spec (for a config) of the head registered as `name`. Without
+    `action_horizon` the head predicts chunks of the data's length (filled in when the model is
+    built, octo_like/policy/build.py `with_action_horizon`)."""
     if name not in HEADS:
         raise InputError(f"unknown action head '{name}'; expected one of {sorted(HEADS)}")
     cls, defaults = HEADS[name]
-    return spec.create(cls, action_horizon=action_horizon, action_dim=action_dim, **{**defaults, **kwargs})
+    chunk = {} if action_horizon is None else {"action_horizon": action_horizon}
+    return spec.create(cls, action_dim=action_dim, **chunk, **{**defaults, **kwargs})

@@ -11,10 +11,11 @@ The `model` section of an experiment config:
     clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
-    heads:                  {name: spec}   e.g. spec.create(DiffusionActionHead, action_horizon=4, action_dim=4)
+    heads:                  {name: spec}   e.g. head_spec("diffusion", action_dim=4); the chunk length
+                            (action_horizon) is the data's unless given (`with_action_horizon`)
     vla:                    None, or the VLA family's section (octo_like/model/vla/network.py): backbone
-                            {checkpoint, size, config}, action {kind: bins|fast|flow, horizon,
-                            action_dim, ...}, lora {rank, alpha, targets} or None
+                            {checkpoint, size, config}, action {kind: bins|fast|flow, horizon (the
+                            data's when None), action_dim, ...}, lora {rank, alpha, targets} or None
 
 The MiniLM (`language.encoder="minilm"`, default) loads from `language.checkpoint`, else the
 installed all-MiniLM-L6-v2. The CLIP comes from `clip.checkpoint` (a transformers CLIPModel
@@ -164,6 +165,26 @@ def load_pretrained_parts(
         if backbone_checkpoint:
             parts["backbone"] = as_arrays(load_paligemma_params(backbone_checkpoint, module.backbone_config))
     return parts
+
+
+def with_action_horizon(model_config: Mapping, horizon: int) -> dict:
+    """`model_config` with `horizon` given to every action output that leaves its chunk length
+    unset (a head's `kwargs.action_horizon`, the VLA's `action.horizon`). The chunk length is the
+    data's, declared once in the dataset section (dataset.traj_transform_kwargs.action_horizon); a
+    length written here as well is checked against the data (`declared_action_chunks`)."""
+    model_config = plain_config(model_config)
+    vla = model_config.get("vla")
+    if vla is not None:
+        if vla["action"].get("horizon") is not None:
+            return model_config
+        return {**model_config, "vla": {**vla, "action": {**vla["action"], "horizon": horizon}}}
+    heads = {
+        name: head
+        if head["kwargs"].get("action_horizon") is not None
+        else {**head, "kwargs": {**head["kwargs"], "action_horizon": horizon}}
+        for name, head in model_config["heads"].items()
+    }
+    return {**model_config, "heads": heads}
 
 
 def declared_action_chunks(model_config: Mapping) -> list[tuple[str, int, str, int]]:

@@ -49,6 +49,7 @@ from octo_like.policy.build import (
     make_network,
     plain_config,
     resolve_model_config,
+    with_action_horizon,
 )
 from octo_like.policy.registry import read_release_config
 from octo_like.utils.errors import InputError
@@ -143,10 +144,12 @@ class PolicyModel:
         With `shardings_of` (parameter shapes -> a tree of NamedSharding, e.g. the trainer's FSDP
         rules), the parameters are initialized directly in that layout and the loaded checkpoints
         are placed slice by slice, so that no device ever holds the whole model."""
-        config = plain_config(config)
-        config = {**config, "model": resolve_model_config(config["model"])}
         example_batch = jax.tree_util.tree_map(np.asarray, dict(example_batch))
         example_batch = {key: example_batch[key] for key in ("observation", "task", "action", "action_pad_mask")}
+        config = plain_config(config)
+        # A chunk length the config leaves unset is the data's: the release's config.json holds it.
+        model_config = with_action_horizon(config["model"], example_batch["action"].shape[2])
+        config = {**config, "model": resolve_model_config(model_config)}
         # The example batch of the release holds one sample: enough for shapes, small on disk.
         example_batch = jax.tree_util.tree_map(lambda x: x[:1], example_batch)
         window_size = example_batch["observation"]["timestep_pad_mask"].shape[1]

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.policy import release
-from octo_like.policy.build import declared_action_chunks, resolve_model_config
+from octo_like.policy.build import declared_action_chunks, resolve_model_config, with_action_horizon
 from octo_like.policy.model import PolicyModel
 from octo_like.policy.registry import RELEASE_CONFIG, read_config_json
 from octo_like.train import checkpoint as checkpoint_lib
@@ -133,6 +133,9 @@ def run_training(config: dict, init_params: Callable[[PolicyModel], dict] | None
     """
     check_training_config(config)
     check_rollout_eval_config(config)
+    horizon = config["dataset"].get("traj_transform_kwargs", {}).get("action_horizon")
+    if horizon is not None:  # else PolicyModel.create takes the example batch's
+        config = {**config, "model": with_action_horizon(config["model"], horizon)}
     compute_dtype = config.get("compute_dtype", "float32")
     if compute_dtype not in COMPUTE_DTYPES:
         raise InputError(f"compute_dtype='{compute_dtype}'; expected one of {', '.join(COMPUTE_DTYPES)}")
