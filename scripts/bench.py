@@ -601,6 +601,8 @@ def main(argv):
     elif argv[1] == "scale":
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":
+        if _EULER_STEPS.value < 1:  # before the data and the model are built
+            raise InputError(f"--euler_steps={_EULER_STEPS.value}; expected a positive number of Euler steps")
         config = _CONFIG.value.to_dict()
         if config["model"].get("vla") is not None:
             result = bench_infer_vla(config, _EULER_STEPS.value, _SECONDS.value)

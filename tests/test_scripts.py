@@ -85,6 +85,10 @@ def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: expected one benchmark name, one of: data, env, train, infer, scale, decode, checkpoint; got ['flow']"
     ]
+    result = run_script("scripts/bench.py", "infer", "--config=experiments/configs/vla_flow.py", "--euler_steps=0")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --euler_steps=0; expected a positive number of Euler steps"
+    ]
     result = run_script("scripts/fit_fast.py", f"--config={CONFIG}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --config and --output_dir are required"]
