@@ -10,7 +10,9 @@ from octo_like.train.loop import run_finetuning, run_training
 from octo_like.utils.config import load_config, with_overrides
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "experiments/configs/octo_scratch.py:tiny"
+# The L1 head: these runs test the trainer, the release and the run directory, which are the same
+# for every head (test_heads and test_policy cover the heads), and it compiles in less time.
+CONFIG = "experiments/configs/octo_scratch.py:tiny,l1"
 
 
 def small_run(data_dir, run_dir, **overrides) -> dict:
