@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from trained_runs import CONFIG
 
 from octo_like.policy import release
 from octo_like.train import distributed
@@ -132,7 +133,7 @@ def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synt
     run_dir, port = tmp_path / "run", free_port()
     common = [
         "scripts/train.py",
-        "--config=experiments/configs/octo_scratch.py:tiny,l1",  # the head is not what this is about
+        f"--config={CONFIG}",  # the tests' training config (tests/trained_runs.py)
         f"--config.dataset.data_dir={synthetic_data_dir}",
         f"--config.run_dir={run_dir}",
         "--config.num_steps=200",
