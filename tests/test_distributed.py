@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from trained_runs import CONFIG
+from trained_runs import as_flags
 
 from octo_like.policy import release
 from octo_like.train import distributed
@@ -133,18 +133,21 @@ def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synt
     run_dir, port = tmp_path / "run", free_port()
     common = [
         "scripts/train.py",
-        f"--config={CONFIG}",  # the tests' training config (tests/trained_runs.py)
-        f"--config.dataset.data_dir={synthetic_data_dir}",
-        f"--config.run_dir={run_dir}",
-        "--config.num_steps=200",
-        "--config.log_interval=2",
-        "--config.eval_interval=1000",
-        "--config.save_interval=1000",
-        "--config.dataset.batch_size=8",
-        "--config.dataset.shuffle_buffer_size=20",
-        "--config.mesh.fsdp=2",
-        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-        "--config.distributed.num_processes=2",
+        *as_flags(  # the tests' training config (tests/trained_runs.py)
+            {
+                "dataset.data_dir": synthetic_data_dir,
+                "run_dir": run_dir,
+                "num_steps": 200,
+                "log_interval": 2,
+                "eval_interval": 1000,
+                "save_interval": 1000,
+                "dataset.batch_size": 8,
+                "dataset.shuffle_buffer_size": 20,
+                "mesh.fsdp": 2,
+                "distributed.coordinator_address": f"127.0.0.1:{port}",
+                "distributed.num_processes": 2,
+            }
+        ),
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     processes = [

@@ -68,7 +68,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             checkpoint=None,
         ),
         readouts={"action": 1},
-        transformer=dict(size=size, dropout_rate=0.1 if size != "tiny" else 0.0, remat=False),
+        # The size's dimensions written out, so that a flag changes one (--config.model.transformer.num_layers=2).
+        transformer=dict(
+            size=size, **TRANSFORMER_SIZES[size], dropout_rate=0.1 if size != "tiny" else 0.0, remat=False
+        ),
         heads={"action": head_spec(head, action_dim=7)},  # chunks of the data's action_horizon
     )
     config.optimizer = dict(

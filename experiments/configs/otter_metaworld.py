@@ -38,6 +38,7 @@ from ml_collections import config_dict
 from octo_like.model.heads import HEADS, head_spec
 from octo_like.model.scratch.observation_tokenizers import ProprioTokenizer
 from octo_like.model.scratch.text_aware import SELECTIONS, TextAwareImageTokenizer
+from octo_like.model.scratch.transformer import TRANSFORMER_SIZES
 from octo_like.train.run_config import training_run_config
 from octo_like.utils import spec
 from octo_like.utils.config import load_config
@@ -82,7 +83,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             language=dict(encoder="clip", max_length=text_tokenizer.max_length, tokenizer_json=clip_checkpoint),
             clip=dict(checkpoint=clip_checkpoint, size="tiny"),
             readouts={"action": 1},
-            transformer=dict(size="tiny", dropout_rate=0.0, remat=False),
+            transformer=dict(size="tiny", **TRANSFORMER_SIZES["tiny"], dropout_rate=0.0, remat=False),
             heads={"action": head_spec(head, action_dim=ACTION_DIM)},  # chunks of the data's action_horizon
         )
     )
