@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from trained_runs import REPO_ROOT, as_flags, finetune, pretraining, run_script, small_run, train
+from trained_runs import REPO_ROOT, as_flags, finetune, pretraining, run_script, small_run, train, training_config
 
 from octo_like.utils.errors import InputError
 
@@ -60,6 +60,9 @@ def test_finetune_to_a_new_action_space_loads_what_fits_and_trains_only_the_head
     assert "block_transformer" in lines["loaded"] and "head_modules_action" in lines["new"]
     assert lines["dropped"].startswith("dropped: 0 arrays")  # a reshaped head is new, not dropped
     before, after = PolicyModel.load_pretrained(str(pretrained)), PolicyModel.load_pretrained(str(run_dir))
+    # The depth given as a flag (trained_runs.one_layer) is the network's and the release's.
+    assert before.config["model"]["transformer"]["num_layers"] == 1
+    assert [name for name in before.params["block_transformer"] if name.startswith("block_")] == ["block_0"]
     np.testing.assert_array_equal(
         after.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
         before.params["block_transformer"]["block_0"]["mlp_out"]["kernel"],
@@ -161,6 +164,29 @@ def test_resuming_with_another_model_fails_in_one_line(pretrained, synthetic_dat
         f"run directory '{pretrained}' holds checkpoints of another model (model.readouts differs); "
         "expected the same model config to resume, or a new --config.run_dir"
     )
+
+
+def test_a_run_whose_config_names_only_the_transformer_size_resumes_with_the_dimensions_spelled_out(
+    pretrained, synthetic_data_dir, tmp_path
+):
+    """Runs saved before the configs spelled out the size's dimensions resume with the same command."""
+    from octo_like.policy.build import with_action_horizon
+    from octo_like.train.loop import check_same_run
+
+    saved = json.loads((pretrained / "config.json").read_text())
+    for key in ("token_dim", "num_heads", "mlp_dim"):  # the tiny preset's: what older configs left to the size
+        del saved["model"]["transformer"][key]
+    (tmp_path / "10").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = training_config(pretraining(synthetic_data_dir, tmp_path))
+    # The chunk length filled in from the data, as run_training does before its check.
+    horizon = config["dataset"]["traj_transform_kwargs"]["action_horizon"]
+    config["model"] = with_action_horizon(config["model"], horizon)
+    check_same_run(str(tmp_path), config)
+    saved["model"]["transformer"]["size"] = "small"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(InputError, match=r"another model \(model.transformer differs\)"):
+        check_same_run(str(tmp_path), config)
 
 
 def test_resuming_under_another_schedule_fails_in_one_line(pretrained, synthetic_data_dir):

@@ -27,7 +27,12 @@ from jax.sharding import PartitionSpec
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
 from octo_like.policy import release
-from octo_like.policy.build import declared_action_chunks, resolve_model_config, with_action_horizon
+from octo_like.policy.build import (
+    declared_action_chunks,
+    resolve_model_config,
+    with_action_horizon,
+    with_transformer_dimensions,
+)
 from octo_like.policy.model import PolicyModel
 from octo_like.policy.registry import RELEASE_CONFIG, read_config_json
 from octo_like.train import checkpoint as checkpoint_lib
@@ -81,7 +86,7 @@ def check_same_run(run_dir: str, config: dict) -> None:
     if not release.saved_steps(run_dir) or not os.path.isfile(os.path.join(run_dir, RELEASE_CONFIG)):
         return
     saved_config = read_config_json(run_dir)  # compared, never built: the run's own components may be any
-    saved = saved_config["model"]
+    saved = with_transformer_dimensions(saved_config["model"])
     current = json.loads(json.dumps(resolve_model_config(config["model"]), default=list))
     if saved != current:
         differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
