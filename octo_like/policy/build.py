@@ -38,7 +38,7 @@ from octo_like.hf.paligemma import load_paligemma_params, paligemma_config_from_
 from octo_like.model.architecture import resolve_architecture
 from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora
 from octo_like.model.scratch.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOKENS, PolicyNetwork
-from octo_like.model.scratch.transformer import DEFAULT_TRANSFORMER_SIZE, TRANSFORMER_SIZES
+from octo_like.model.scratch.transformer import transformer_settings
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig
 from octo_like.model.vla.action_expert import TIME_CONDITIONINGS
 from octo_like.model.vla.actions import VLA_ACTIONS
@@ -94,15 +94,12 @@ def resolve_vla_config(vla: Mapping) -> dict:
 
 
 def with_transformer_dimensions(model_config: Mapping) -> dict:
-    """`model_config` with the scratch transformer's size preset written out (num_layers, token_dim,
-    num_heads, mlp_dim; the section's own values win), so that a config that names only the size
-    and one that spells out the same dimensions are the same model (a run started before the
-    configs spelled them out resumes). An unknown size is left for the network to refuse."""
-    transformer = model_config.get("transformer")
-    if transformer is None or transformer.get("size", DEFAULT_TRANSFORMER_SIZE) not in TRANSFORMER_SIZES:
+    """`model_config` with the scratch transformer's size preset written out (`transformer_settings`),
+    so that a config that names only the size and one that spells out the same dimensions are the
+    same model: a run saved before the configs spelled them out resumes."""
+    if model_config.get("transformer") is None:
         return dict(model_config)
-    preset = TRANSFORMER_SIZES[transformer.get("size", DEFAULT_TRANSFORMER_SIZE)]
-    return {**model_config, "transformer": {**preset, **transformer}}
+    return {**model_config, "transformer": transformer_settings(model_config["transformer"])}
 
 
 def resolve_model_config(model_config: Mapping) -> dict:

@@ -20,11 +20,10 @@ import jax.numpy as jnp
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.minilm import BertConfig, BertEncoder
 from octo_like.model.scratch.observation_tokenizers import language_mask
-from octo_like.model.scratch.transformer import DEFAULT_TRANSFORMER_SIZE, TRANSFORMER_SIZES, BlockTransformer
+from octo_like.model.scratch.transformer import BlockTransformer, transformer_settings
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
-from octo_like.utils.errors import InputError
 
 # Parameter collections of the frozen encoders.
 LANGUAGE_ENCODER = "language_encoder"
@@ -56,13 +55,9 @@ class PolicyNetwork(nn.Module):
             setattr(self, LANGUAGE_ENCODER, BertEncoder(self.language))
         if self.clip_config is not None:
             setattr(self, CLIP, CLIPModel(self.clip_config))
-        transformer = dict(self.transformer)
-        size = transformer.pop("size", DEFAULT_TRANSFORMER_SIZE)
-        if size not in TRANSFORMER_SIZES:
-            raise InputError(f"model.transformer.size='{size}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
-        self.block_transformer = BlockTransformer(
-            **{**TRANSFORMER_SIZES[size], **transformer}, num_timesteps_max=self.window_size
-        )
+        transformer = transformer_settings(self.transformer)
+        transformer.pop("size", None)
+        self.block_transformer = BlockTransformer(**transformer, num_timesteps_max=self.window_size)
 
     def language_groups(self, task) -> tuple[dict[str, TokenGroup], jax.Array | None]:
         """({"language": TokenGroup} or {}, the pooled instruction embedding [B, C] or None)."""

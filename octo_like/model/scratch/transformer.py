@@ -18,6 +18,8 @@ Axis letters: B batch, T timesteps, N tokens of one group, M tokens of one times
 C width, H heads, D head width, Q/K query/key positions.
 """
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,17 @@ TRANSFORMER_SIZES = {
     "small": dict(num_layers=12, token_dim=384, num_heads=6, mlp_dim=1536),
     "base": dict(num_layers=12, token_dim=768, num_heads=12, mlp_dim=3072),
 }
+
+
+def transformer_settings(transformer: Mapping) -> dict:
+    """A config's model.transformer with its size preset written out: the preset's num_layers,
+    token_dim, num_heads and mlp_dim where the section does not set them (a config may name only
+    the size, or spell the dimensions out so that a flag changes one), `size` kept as its name."""
+    size = transformer.get("size", DEFAULT_TRANSFORMER_SIZE)
+    if size not in TRANSFORMER_SIZES:
+        raise InputError(f"model.transformer.size='{size}'; expected one of {', '.join(TRANSFORMER_SIZES)}")
+    return {**TRANSFORMER_SIZES[size], **transformer}
+
 
 _TASK, _OBS, _READOUT = 0, 1, 2
 _KERNEL_INIT = nn.initializers.xavier_uniform()
