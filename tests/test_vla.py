@@ -1,6 +1,7 @@
 """The VLM-initialized policy (octo_like/model/vla/network.py) through PolicyModel: bins, FAST, flow, LoRA,
 a PaliGemma checkpoint, FSDP on 8 CPU devices, the 3B rules, and train.py / evaluate.py end to end."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,9 +68,19 @@ def metaworld_like_batch(batch=4, image_size=64, tokenizer=None, seed=0):
     }
 
 
+# The tiny backbone with 2 Gemma layers instead of 4 (the expert follows): the tests built on
+# vla_config check the action kinds, LoRA and sharding, not the depth, and compile in less time.
+# (The trainer test keeps the config file's 4 layers: its loss must fall by 2 nats in 10 steps.)
+TWO_LAYER_TINY = dataclasses.asdict(
+    dataclasses.replace(VLA_SIZES["tiny"], text=dataclasses.replace(VLA_SIZES["tiny"].text, num_layers=2))
+)
+
+
 def vla_config(config_arg, **action):
+    """The config file's dict with `action` settings, on the two-layer tiny backbone."""
     config = load_config(os.path.join(CONFIGS, config_arg)).to_dict()
     config["model"]["vla"]["action"].update(action)
+    config["model"]["vla"]["backbone"]["config"] = TWO_LAYER_TINY
     return config
 
 
@@ -218,7 +229,7 @@ def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_c
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     config = vla_config("vla_tokens.py:bins", n_bins=16)
-    config["model"]["vla"]["backbone"]["checkpoint"] = PALIGEMMA
+    config["model"]["vla"]["backbone"] = {"checkpoint": PALIGEMMA, "config": None}  # the architecture: the checkpoint's
     config["model"]["language"]["tokenizer_json"] = str(tmp_path / "tokenizer.json")
     batch = metaworld_like_batch(image_size=16, tokenizer=FixedLengthTokenizer(str(tmp_path / "tokenizer.json"), 24))
     model = PolicyModel.create(config, batch, STATISTICS, jax.random.key(0))
