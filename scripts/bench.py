@@ -239,7 +239,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
 
     import jax
 
-    from octo_like.train.optim import frozen_mask, make_optimizer
+    from octo_like.train.optim import frozen_parameters, make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import COMPUTE_DTYPES, make_train_step
 
@@ -249,6 +249,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     batch = _example_batch(config)
     model = _model(config, batch)
     optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
+    frozen = frozen_parameters(model.params, config["optimizer"], model.frozen_keys)
     host_params = jax.device_get(model.params)  # each dtype's state gets its own buffers: the step donates them
     device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
     device = jax.devices()[0]
@@ -256,7 +257,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     batch_size = batch["action"].shape[0]
     by_dtype = {}
     for name in compute_dtypes:
-        train_step = make_train_step(model.loss, optimizer, compute_dtype=COMPUTE_DTYPES[name])
+        train_step = make_train_step(model.loss, optimizer, frozen=frozen, compute_dtype=COMPUTE_DTYPES[name])
         state = TrainState.create(host_params, optimizer, jax.random.key(1))
         # Compiled once, for the FLOPs of one step as XLA counts them after optimization (forward,
         # backward and update) and for the timed steps (calling `train_step` would compile again).
@@ -277,8 +278,8 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
             "mfu": flops * steps_per_s / peak if flops and peak else None,
         }
     leaves = jax.tree_util.tree_leaves(model.params)
-    frozen = jax.tree_util.tree_leaves(frozen_mask(model.params, model.frozen_keys))
-    trained = sum(x.size for x, is_frozen in zip(leaves, frozen) if not is_frozen)
+    frozen_leaves = [False] * len(leaves) if frozen is None else jax.tree_util.tree_leaves(frozen)
+    trained = sum(x.size for x, is_frozen in zip(leaves, frozen_leaves) if not is_frozen)
     result = {
         "benchmark": "train",
         "heads": sorted(config["model"]["heads"]),
@@ -383,13 +384,14 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
         shard_batch,
         shard_params,
     )
-    from octo_like.train.optim import make_optimizer
+    from octo_like.train.optim import frozen_parameters, make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import make_train_step
 
     batch = _example_batch(config)
     model = _model(config, batch)
     optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
+    frozen = frozen_parameters(model.params, config["optimizer"], model.frozen_keys)
     host_params = jax.device_get(model.params)  # each mesh gets its own buffers: the step donates them
     results = []
     for fsdp in fsdp_sizes:
@@ -398,7 +400,7 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
         state = shard_params(TrainState.create(host_params, optimizer, jax.random.key(1)), mesh)
         shardings = param_shardings(state, mesh)
         train_step = make_train_step(
-            model.loss, optimizer, state_shardings=shardings, batch_sharding=batch_sharding(mesh)
+            model.loss, optimizer, frozen=frozen, state_shardings=shardings, batch_sharding=batch_sharding(mesh)
         )
         per_device_bytes = sum(
             int(np.prod(sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize

@@ -111,3 +111,49 @@ def test_indivisible_accumulation_fails_in_one_line():
     step = make_train_step(mlp_loss, optax.sgd(0.1), grad_accumulation_steps=3, donate=False)
     with pytest.raises(InputError, match="batch of 16 is not divisible into grad_accumulation_steps=3 micro-batches"):
         step(TrainState.create(params, optax.sgd(0.1), jax.random.key(0)), batch)
+
+
+@jax.custom_vjp
+def poisoned_backward(x):
+    """The identity, whose backward pass gives NaN: it shows whether a gradient is computed."""
+    return x
+
+
+poisoned_backward.defvjp(lambda x: (x, None), lambda _, cotangent: (jnp.full_like(cotangent, jnp.nan),))
+
+
+def loss_with_an_encoder(params, batch, rng, train):
+    """The MLP on inputs passed through an `encoder` matrix, whose backward pass gives NaN."""
+    encoded = batch["x"] @ poisoned_backward(params["encoder"])
+    return mlp_loss(params, {**batch, "x": encoded}, rng, train)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_frozen_parameters_stay_out_of_differentiation(accumulation):
+    params, batch = setup()
+    params = {**params, "encoder": jnp.eye(6) * 0.5}
+    frozen = {"w1": False, "b1": False, "w2": False, "encoder": True}
+    labels = {name: "frozen" if is_frozen else "trained" for name, is_frozen in frozen.items()}
+    optimizer = optax.multi_transform({"trained": optax.adamw(1e-2), "frozen": optax.set_to_zero()}, labels)
+    state = TrainState.create(params, optimizer, jax.random.key(0))
+
+    # Differentiating everything reaches the encoder's backward pass: its NaN shows in grad_norm.
+    _, metrics = make_train_step(loss_with_an_encoder, optimizer, donate=False)(state, batch)
+    assert np.isnan(metrics["grad_norm"])
+
+    step = make_train_step(
+        loss_with_an_encoder, optimizer, frozen=frozen, grad_accumulation_steps=accumulation, donate=False
+    )
+    new_state, metrics = step(state, batch)
+    # The same step with the encoder applied beforehand, as data: what the trained leaves must get.
+    encoded_batch = {**batch, "x": batch["x"] @ np.asarray(params["encoder"])}
+    trained = {name: params[name] for name in ("w1", "b1", "w2")}
+    trained_optimizer = optax.adamw(1e-2)
+    reference, reference_metrics = make_train_step(
+        mlp_loss, trained_optimizer, grad_accumulation_steps=accumulation, donate=False
+    )(TrainState.create(trained, trained_optimizer, jax.random.key(0)), encoded_batch)
+    np.testing.assert_array_equal(new_state.params["encoder"], params["encoder"])
+    for name in trained:
+        np.testing.assert_allclose(new_state.params[name], reference.params[name], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(metrics["grad_norm"], reference_metrics["grad_norm"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], reference_metrics["loss"], rtol=1e-6)

@@ -39,7 +39,7 @@ from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
 from octo_like.train.metrics import MetricsWriter, check_finite_metrics, plot_losses
-from octo_like.train.optim import make_optimizer
+from octo_like.train.optim import frozen_parameters, make_optimizer
 from octo_like.train.rollout_eval import RolloutEvalSettings, RolloutEvaluator, check_rollout_eval_config
 from octo_like.train.run_lock import hold_run_lock
 from octo_like.train.state import TrainState
@@ -181,6 +181,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     if init_params is not None:
         model.params = place_params(init_params(model), shardings_of(model.params))
     optimizer, schedule = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
+    frozen = frozen_parameters(model.params, config["optimizer"], model.frozen_keys)
     state = TrainState.create_sharded(model.params, optimizer, jax.random.fold_in(rng, 1), shardings_of)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(model.params))
     if primary:
@@ -202,6 +203,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     train_step = make_train_step(
         model.loss,
         optimizer,
+        frozen=frozen,
         compute_dtype=compute_dtype,
         grad_accumulation_steps=config.get("grad_accumulation_steps", 1),
         state_shardings=jax.tree_util.tree_map(lambda x: x.sharding, state),

@@ -78,10 +78,19 @@ def make_optimizer(
         )
     )
     optimizer = optax.chain(*transforms)
-    frozen_keys = (*config.get("frozen_keys", ()), *always_frozen)
-    trainable_keys = config.get("trainable_keys")
-    if frozen_keys or trainable_keys is not None:
-        mask = frozen_mask(params, frozen_keys, None if trainable_keys is None else tuple(trainable_keys))
+    mask = frozen_parameters(params, config, always_frozen)
+    if mask is not None:
         labels = jax.tree_util.tree_map(lambda frozen: "frozen" if frozen else "trained", mask)
         optimizer = optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
     return optimizer, schedule
+
+
+def frozen_parameters(params, config: Mapping, always_frozen: Sequence[str] = ()):
+    """The frozen mask (`frozen_mask`) of an optimizer config's `frozen_keys` and `trainable_keys`
+    plus `always_frozen`, or None when every parameter trains: what `make_optimizer` leaves
+    un-updated, and what `step.make_train_step(frozen=...)` leaves out of differentiation."""
+    frozen_keys = (*config.get("frozen_keys", ()), *always_frozen)
+    trainable_keys = config.get("trainable_keys")
+    if not frozen_keys and trainable_keys is None:
+        return None
+    return frozen_mask(params, frozen_keys, None if trainable_keys is None else tuple(trainable_keys))

@@ -45,43 +45,80 @@ def split_micro_batches(batch: dict, num_micro_batches: int) -> dict:
     return jax.tree_util.tree_map(split, batch)
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
+def without_frozen(params, frozen):
+    """`params` with None in place of each frozen leaf (`frozen`: a pytree of bools like `params`,
+    or None when all train)."""
+    if frozen is None:
+        return params
+    return jax.tree_util.tree_map(lambda param, is_frozen: None if is_frozen else param, params, frozen)
+
+
+def with_frozen(trained_params, params):
+    """`trained_params` with its None leaves filled from `params`."""
+    return jax.tree_util.tree_map(
+        lambda trained, param: param if trained is None else trained, trained_params, params, is_leaf=_is_none
+    )
+
+
 def make_train_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     *,
+    frozen=None,
     compute_dtype=jnp.float32,
     grad_accumulation_steps: int = 1,
     donate: bool = True,
     state_shardings=None,
     batch_sharding=None,
 ) -> Callable:
-    """The jitted step. With `state_shardings` (a pytree of shardings like the state, see
-    `mesh.param_shardings`) and `batch_sharding`, inputs and the new state are pinned to them, so
-    the state keeps its layout from step to step (no resharding, no recompilation)."""
+    """The jitted step. `frozen` (`optim.frozen_parameters`: a pytree of bools like the parameters,
+    True where one does not train) keeps the frozen parameters out of differentiation; their
+    gradients are zeros and `grad_norm` is the trained parameters'. With `state_shardings` (a
+    pytree of shardings like the state, see `mesh.param_shardings`) and `batch_sharding`, inputs
+    and the new state are pinned to them, so the state keeps its layout from step to step (no
+    resharding, no recompilation)."""
 
-    def compute_loss(params, batch, rng):
+    def compute_loss(trained_params, params, batch, rng):
+        params = with_frozen(trained_params, params)
         loss, metrics = loss_fn(cast_floats(params, compute_dtype), batch, rng, True)
         return loss.astype(jnp.float32), metrics
 
+    # Differentiated with respect to the trained parameters only: the frozen ones enter as
+    # constants, so no backward pass runs through a frozen encoder for a gradient that the
+    # optimizer would drop.
     grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
 
-    def gradients(params, batch, rng):
+    def trained_gradients(params, batch, rng):
+        trained_params = without_frozen(params, frozen)
         if grad_accumulation_steps == 1:
-            return grad_fn(params, batch, rng)
+            return grad_fn(trained_params, params, batch, rng)
         micro_batches = split_micro_batches(batch, grad_accumulation_steps)
 
         def accumulate(carry, inputs):
             index, micro_batch = inputs
             micro_batch = jax.tree_util.tree_map(constrain_batch, micro_batch)
-            (loss, metrics), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+            (loss, metrics), grads = grad_fn(trained_params, params, micro_batch, jax.random.fold_in(rng, index))
             carry = jax.tree_util.tree_map(jnp.add, carry, ((loss, metrics), grads))
             return carry, None
 
+        first_micro_batch = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
         zeros = jax.tree_util.tree_map(
-            jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro_batches), rng)
+            jnp.zeros_like, jax.eval_shape(grad_fn, trained_params, params, first_micro_batch, rng)
         )
         total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accumulation_steps), micro_batches))
         return jax.tree_util.tree_map(lambda x: x / grad_accumulation_steps, total)
+
+    def gradients(params, batch, rng):
+        (loss, metrics), trained_grads = trained_gradients(params, batch, rng)
+        # Zeros where a parameter is frozen: the optimizer's tree has every parameter.
+        grads = jax.tree_util.tree_map(
+            lambda grad, param: jnp.zeros_like(param) if grad is None else grad, trained_grads, params, is_leaf=_is_none
+        )
+        return (loss, metrics), grads
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng, step_rng = jax.random.split(state.rng)
