@@ -1,6 +1,7 @@
 """The MT10 recipe's pieces: its config and variants, the sentence-token language input, and how a
 release tells evaluation which observation is its proprio and at which size to render."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -36,6 +37,14 @@ def test_a_variant_changes_one_knob_and_a_bad_one_is_one_line():
         load_config(f"{CONFIG}:lr=3")
     with pytest.raises(InputError, match=r"^variant chunk='0'; expected a positive integer$"):
         load_config(f"{CONFIG}:chunk=0")
+    assert load_config(CONFIG).model.language.noise_std == 0.0
+    assert load_config(f"{CONFIG}:noise=0.05").model.language.noise_std == 0.05
+    with pytest.raises(
+        InputError, match=r"^variant noise=0.05 jitters the sentence token; it needs language=sentence$"
+    ):
+        load_config(f"{CONFIG}:noise=0.05,language=all")
+    with pytest.raises(InputError, match=r"^variant noise='-1'; expected a number >= 0$"):
+        load_config(f"{CONFIG}:noise=-1")
 
 
 def test_a_release_names_the_environment_observation_of_its_proprio():
@@ -65,7 +74,7 @@ def test_sentence_tokens_are_one_unit_length_token_close_for_rewordings():
     }
     network = make_network(model_config, window_size=1)
     params = {LANGUAGE_ENCODER: load_bert_params(installed_minilm_dir())[1]}
-    groups, embedding_BC = network.apply({"params": params}, task, method=network.language_groups)
+    groups, embedding_BC = network.apply({"params": params}, task, train=False, method=network.language_groups)
     group = groups["language"]
     assert group.tokens.shape[:2] == (3, 1) and group.mask.tolist() == [[True]] * 3
     sentences = np.asarray(group.tokens[:, 0])
@@ -74,3 +83,33 @@ def test_sentence_tokens_are_one_unit_length_token_close_for_rewordings():
     assert similarity[0, 1] > similarity[0, 2] and similarity[0, 1] > similarity[1, 2]
     with pytest.raises(InputError, match=r"^model.language.tokens='pooled'; expected one of all, sentence$"):
         make_network({**model_config, "language": {"tokens": "pooled"}}, window_size=1)
+
+    # Train-time jitter: unit length still, near the clean sentence, FiLM's embedding jittered alike
+    # at its own scale; evaluation (train=False) and a zero std leave the sentence exact.
+    noisy_config = {**model_config, "language": {**model_config["language"], "noise_std": 0.03}}
+    noisy = make_network(noisy_config, window_size=1)
+
+    def language(network, train, seed=0):
+        groups, embedding_BC = network.apply(
+            {"params": params},
+            task,
+            train=train,
+            method=network.language_groups,
+            rngs={"dropout": jax.random.key(seed)},
+        )
+        return np.asarray(groups["language"].tokens[:, 0]), np.asarray(embedding_BC)
+
+    jittered, jittered_embedding_BC = language(noisy, train=True)
+    np.testing.assert_allclose(np.linalg.norm(jittered, axis=-1), 1.0, rtol=1e-5)
+    cosine = np.sum(jittered * sentences, axis=-1)
+    # 384 dimensions of std 0.03: a noise of norm ~0.59, so a cosine of ~0.86 to the clean sentence.
+    assert np.all((cosine > 0.75) & (cosine < 0.95)), cosine
+    np.testing.assert_allclose(
+        jittered_embedding_BC, jittered * np.linalg.norm(embedding_BC, axis=-1, keepdims=True), rtol=1e-5
+    )
+    assert not np.allclose(language(noisy, train=True, seed=1)[0], jittered)  # fresh noise per step
+    for clean_sentences, clean_embedding_BC in (language(noisy, train=False), language(network, train=True)):
+        np.testing.assert_array_equal(clean_sentences, sentences)
+        np.testing.assert_array_equal(clean_embedding_BC, embedding_BC)
+    with pytest.raises(InputError, match=r"^model.language.noise_std=0.1; expected a number >= 0, and 0 unless"):
+        make_network({**model_config, "language": {"tokens": "all", "noise_std": 0.1}}, window_size=1)

@@ -29,6 +29,7 @@ Variant: comma-separated `knob=value` changes to the recipe, one per ablation, e
   head      flow | l1 | mse | discrete | diffusion       (the action head)
   proprio   state | hand                                 (39-d state or hand xyz + gripper)
   language  sentence | all                               (one sentence token or every token state)
+  noise     float >= 0                                   (train-time jitter of the sentence token)
   film      on | off                                     (instruction FiLM in the primary stem)
   wrist     on | off                                     (the 32x32 gripper camera)
   chunk     int                                          (actions predicted per step)
@@ -46,7 +47,9 @@ from octo_like.utils import spec
 from octo_like.utils.config import load_config_module
 from octo_like.utils.errors import InputError
 
-RECIPE = dict(head="flow", proprio="state", language="sentence", film="on", wrist="on", chunk="4", window="2")
+RECIPE = dict(
+    head="flow", proprio="state", language="sentence", noise="0", film="on", wrist="on", chunk="4", window="2"
+)
 KNOB_CHOICES = dict(
     head=tuple(HEADS),
     proprio=("state", "hand"),
@@ -62,6 +65,13 @@ NUM_STEPS = 2000
 BATCH_SIZE = 64
 
 
+def _is_non_negative_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
 def parse_variant(variant: str | None) -> dict[str, str]:
     settings = dict(RECIPE)
     for item in filter(None, (variant or "").split(",")):
@@ -71,9 +81,14 @@ def parse_variant(variant: str | None) -> dict[str, str]:
         choices = KNOB_CHOICES.get(knob)
         if choices is not None and value not in choices:
             raise InputError(f"variant {knob}='{value}'; expected one of {', '.join(choices)}")
-        if choices is None and not (value.isdigit() and int(value) >= 1):
+        if knob == "noise":
+            if not _is_non_negative_number(value):
+                raise InputError(f"variant noise='{value}'; expected a number >= 0")
+        elif choices is None and not (value.isdigit() and int(value) >= 1):
             raise InputError(f"variant {knob}='{value}'; expected a positive integer")
         settings[knob] = value
+    if float(settings["noise"]) > 0 and settings["language"] != "sentence":
+        raise InputError(f"variant noise={settings['noise']} jitters the sentence token; it needs language=sentence")
     return settings
 
 
@@ -103,6 +118,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     tokenizers["proprio"] = spec.create(ProprioTokenizer, mode="linear")
     config.model.observation_tokenizers = tokenizers
     config.model.language.tokens = "all" if settings["language"] == "all" else "sentence"
+    config.model.language.noise_std = float(settings["noise"])
     config.model.heads = {"action": head_spec(settings["head"], action_dim=metaworld_scratch.ACTION_DIM)}
 
     config.dataset.mixture = "metaworld/mt10"

@@ -7,7 +7,8 @@ The `model` section of an experiment config:
     observation_tokenizers: {name: spec}   e.g. spec.create(ImageTokenizer, camera="primary")
     task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
     language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None,
-                             "encoder": "minilm" | "clip" | "backbone", "tokens": "all" | "sentence"} or None
+                             "encoder": "minilm" | "clip" | "backbone", "tokens": "all" | "sentence",
+                             "noise_std": 0.0 (train-time jitter of the sentence token)} or None
     clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
@@ -134,6 +135,12 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
     language_tokens = (language or {}).get("tokens", "all")
     if language_tokens not in LANGUAGE_TOKENS:
         raise InputError(f"model.language.tokens='{language_tokens}'; expected one of {', '.join(LANGUAGE_TOKENS)}")
+    noise_std = (language or {}).get("noise_std", 0.0)
+    if not (isinstance(noise_std, int | float) and noise_std >= 0) or (noise_std > 0 and language_tokens != "sentence"):
+        raise InputError(
+            f"model.language.noise_std={noise_std}; expected a number >= 0, "
+            "and 0 unless model.language.tokens='sentence'"
+        )
     clip = model_config.get("clip")
     if encoder == "clip" and clip is None:
         raise InputError("model.language.encoder='clip' needs a model.clip section")
@@ -152,6 +159,7 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
         clip_config=None if clip is None else CLIPConfig.from_dict(clip["config"], "model.clip.config"),
         language_from_clip=language is not None and encoder == "clip",
         language_tokens=language_tokens,
+        language_noise_std=float(noise_std),
     )
 
 

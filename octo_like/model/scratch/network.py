@@ -7,7 +7,10 @@ text-aware image tokenizers also read. Outputs of the encoders are cut from the 
 `language_tokens="sentence"` the transformer reads one language token, the encoder's sentence
 embedding (masked mean of its token states, unit length: how all-MiniLM-L6-v2 was trained to
 compare sentences), so rewordings of an instruction land near each other; `"all"` passes every
-token state. octo_like.policy builds this module from a config and loads its pretrained parts.
+token state. `language_noise_std` > 0 jitters the sentence embedding in training (Gaussian noise
+of that std per dimension, then unit length again): a rewording the policy never saw lands near
+its task's training paraphrases but not on them, so the policy is taught the neighbourhood of
+each, not three points per task. octo_like.policy builds this module from a config and loads its pretrained parts.
 """
 
 from collections.abc import Mapping
@@ -44,6 +47,7 @@ class PolicyNetwork(nn.Module):
     clip_config: CLIPConfig | None = None
     language_from_clip: bool = False
     language_tokens: str = "all"
+    language_noise_std: float = 0.0
 
     def setup(self):
         self.observation_tokenizer_modules = {
@@ -59,7 +63,7 @@ class PolicyNetwork(nn.Module):
         transformer.pop("size", None)
         self.block_transformer = BlockTransformer(**transformer, num_timesteps_max=self.window_size)
 
-    def language_groups(self, task) -> tuple[dict[str, TokenGroup], jax.Array | None]:
+    def language_groups(self, task, *, train: bool) -> tuple[dict[str, TokenGroup], jax.Array | None]:
         """({"language": TokenGroup} or {}, the pooled instruction embedding [B, C] or None)."""
         if self.language is None and not self.language_from_clip:
             return {}, None
@@ -75,14 +79,18 @@ class PolicyNetwork(nn.Module):
         embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
         if self.language_tokens == "sentence":
             norm_B1 = jnp.maximum(jnp.linalg.norm(embedding_BC, axis=-1, keepdims=True), 1e-6)
-            return {
-                "language": TokenGroup((embedding_BC / norm_B1)[:, None], mask_BL.any(axis=1, keepdims=True))
-            }, embedding_BC
+            sentence_BC = embedding_BC / norm_B1
+            if train and self.language_noise_std > 0:
+                noise_BC = self.language_noise_std * jax.random.normal(self.make_rng("dropout"), sentence_BC.shape)
+                sentence_BC = sentence_BC + noise_BC.astype(sentence_BC.dtype)
+                sentence_BC = sentence_BC / jnp.maximum(jnp.linalg.norm(sentence_BC, axis=-1, keepdims=True), 1e-6)
+                embedding_BC = sentence_BC * norm_B1  # FiLM reads the same jittered instruction, at its scale
+            return {"language": TokenGroup(sentence_BC[:, None], mask_BL.any(axis=1, keepdims=True))}, embedding_BC
         return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
 
     def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
         """The transformer's readout tokens by group name ("readout_<name>")."""
-        task_groups, language_embedding_BC = self.language_groups(task)
+        task_groups, language_embedding_BC = self.language_groups(task, train=train)
 
         def tokenize(tokenizer: nn.Module) -> TokenGroup:
             extra = {}
