@@ -30,7 +30,8 @@ names its size and image resolution (a ViT-B/16 CLIP as above: random weights, t
 
 `scale`: for each `--fsdp_sizes` N (data = devices / N), the per-device bytes of parameters and
 optimizer state under the default FSDP rule (expected to fall as about 1/N for the sharded
-part), their ratio to N = 1, and train steps/s on that mesh. On a CPU, force devices with
+part), their ratio to N = 1 (the whole state, which pure data parallelism holds on every
+device), and train steps/s on that mesh. On a CPU, force devices with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
 
 `decode`: greedy decoding of a randomly initialized Gemma (`--gemma_size`, `--dtype`) after a
@@ -418,12 +419,16 @@ def bench_scale(config: dict, fsdp_sizes: list[int], seconds: float) -> dict:
         results.append(
             {"mesh": dict(mesh.shape), "per_device_state_bytes": per_device_bytes, "steps_per_s": steps_per_s}
         )
+    # fsdp = 1 (pure data parallelism) holds the whole state on every device: the reference of the
+    # ratios, known without building that mesh.
+    whole_state_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state))
     for result in results:
-        result["bytes_over_fsdp1"] = result["per_device_state_bytes"] / results[0]["per_device_state_bytes"]
+        result["bytes_over_fsdp1"] = result["per_device_state_bytes"] / whole_state_bytes
     return {
         "benchmark": "scale",
         "devices": len(jax.devices()),
         "batch_size": int(batch["action"].shape[0]),
+        "whole_state_bytes": whole_state_bytes,
         "results": results,
     }
 

@@ -85,7 +85,8 @@ CONFIG = "experiments/configs/metaworld_mt10.py:wrist=off"
 STEPS = 2
 MODE = "full"
 EXTRA_FLAGS = ["--config.dataset.batch_size=8", "--config.dataset.shuffle_buffer_size=10", "--config.save_interval=2",
-               "--config.eval_interval=2", "--config.log_interval=1", "--config.eval_batches=1"]
+               "--config.eval_interval=2", "--config.log_interval=1", "--config.eval_batches=1",
+               "--config.model.transformer.num_layers=1"]
 EVAL_EPISODES = 1
 MAX_EPISODE_STEPS = 8
 WORKERS = 1

@@ -69,8 +69,8 @@ def metaworld_like_batch(batch=4, image_size=64, tokenizer=None, seed=0):
 
 
 # The tiny backbone with 2 Gemma layers instead of 4 (the expert follows): the tests built on
-# vla_config check the action kinds, LoRA and sharding, not the depth, and compile in less time.
-# (The trainer test keeps the config file's 4 layers: its loss must fall by 2 nats in 10 steps.)
+# vla_config and the trainer test check the action kinds, LoRA, sharding and the trainer, not the
+# depth, and compile in less time.
 TWO_LAYER_TINY = dataclasses.asdict(
     dataclasses.replace(VLA_SIZES["tiny"], text=dataclasses.replace(VLA_SIZES["tiny"].text, num_layers=2))
 )
@@ -336,7 +336,8 @@ def test_the_trainer_runs_the_vla_configs_on_an_fsdp_mesh_and_the_loss_falls(syn
         "eval_interval": 10,
         "save_interval": 10,
         "model.vla.action.action_dim": 7,
-        "optimizer.learning_rate": 1e-3,
+        "model.vla.backbone.config": TWO_LAYER_TINY,
+        "optimizer.learning_rate": 2e-3,
         "optimizer.warmup_steps": 0,
         "mesh.data": 2,
         "mesh.fsdp": -1,
@@ -353,3 +354,4 @@ def test_the_trainer_runs_the_vla_configs_on_an_fsdp_mesh_and_the_loss_falls(syn
     model = PolicyModel.load_pretrained(str(run_dir))
     assert model.config["model"]["vla"]["backbone"]["config"]["vision"]["image_size"] == 64
     assert model.example_batch["action"].shape[1:] == (1, 4, 7)
+    assert model.config["model"]["vla"]["backbone"]["config"]["text"]["num_layers"] == 2
