@@ -37,7 +37,9 @@ def test_a_variant_changes_one_knob_and_a_bad_one_is_one_line():
         load_config(f"{CONFIG}:lr=3")
     with pytest.raises(InputError, match=r"^variant chunk='0'; expected a positive integer$"):
         load_config(f"{CONFIG}:chunk=0")
-    assert load_config(CONFIG).model.language.noise_std == 0.0
+    assert load_config(CONFIG).model.language.noise_std == 0.04
+    assert load_config(f"{CONFIG}:language=all").model.language.noise_std == 0.0  # no sentence to jitter
+    assert load_config(f"{CONFIG}:noise=0").model.language.noise_std == 0.0
     assert load_config(f"{CONFIG}:noise=0.05").model.language.noise_std == 0.05
     with pytest.raises(
         InputError, match=r"^variant noise=0.05 jitters the sentence token; it needs language=sentence$"

@@ -22,14 +22,18 @@ What the recipe settles (the ablations so far are in the README, "The MT10 recip
 - language: the sentence embedding of the frozen all-MiniLM-L6-v2 as one token, and FiLM of the
   same embedding into the primary camera's stem. Reach and pick-place have the same scene and
   goal; only the instruction tells them apart, and it must still do so for rewordings it never
-  saw. (The sentence token against every token state is not settled by the ablation so far.)
+  saw. During training the sentence token is jittered (Gaussian noise of std 0.04 per dimension,
+  then unit length again): the policy then answers for a neighbourhood of each training
+  instruction, and held-out paraphrases land in it (0.94 with them against 0.95 with the training
+  instructions; 0.88 against 0.94 without the jitter).
 
 Variant: comma-separated `knob=value` changes to the recipe, one per ablation, e.g.
 `metaworld_mt10.py:proprio=hand` or `metaworld_mt10.py:head=diffusion,language=all`:
   head      flow | l1 | mse | discrete | diffusion       (the action head)
   proprio   state | hand                                 (39-d state or hand xyz + gripper)
   language  sentence | all                               (one sentence token or every token state)
-  noise     float >= 0                                   (train-time jitter of the sentence token)
+  noise     float >= 0                                   (train-time jitter of the sentence token;
+                                                          0.04, or 0 with language=all)
   film      on | off                                     (instruction FiLM in the primary stem)
   wrist     on | off                                     (the 32x32 gripper camera)
   chunk     int                                          (actions predicted per step)
@@ -48,7 +52,7 @@ from octo_like.utils.config import load_config_module
 from octo_like.utils.errors import InputError
 
 RECIPE = dict(
-    head="flow", proprio="state", language="sentence", noise="0", film="on", wrist="on", chunk="4", window="2"
+    head="flow", proprio="state", language="sentence", noise="0.04", film="on", wrist="on", chunk="4", window="2"
 )
 KNOB_CHOICES = dict(
     head=tuple(HEADS),
@@ -74,6 +78,7 @@ def _is_non_negative_number(text: str) -> bool:
 
 def parse_variant(variant: str | None) -> dict[str, str]:
     settings = dict(RECIPE)
+    given = set()
     for item in filter(None, (variant or "").split(",")):
         knob, sep, value = item.partition("=")
         if not sep or knob not in RECIPE:
@@ -87,6 +92,9 @@ def parse_variant(variant: str | None) -> dict[str, str]:
         elif choices is None and not (value.isdigit() and int(value) >= 1):
             raise InputError(f"variant {knob}='{value}'; expected a positive integer")
         settings[knob] = value
+        given.add(knob)
+    if settings["language"] != "sentence" and "noise" not in given:
+        settings["noise"] = "0"  # the recipe's jitter is of the sentence token; every token state gets none
     if float(settings["noise"]) > 0 and settings["language"] != "sentence":
         raise InputError(f"variant noise={settings['noise']} jitters the sentence token; it needs language=sentence")
     return settings

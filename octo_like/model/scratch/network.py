@@ -10,7 +10,8 @@ compare sentences), so rewordings of an instruction land near each other; `"all"
 token state. `language_noise_std` > 0 jitters the sentence embedding in training (Gaussian noise
 of that std per dimension, then unit length again): a rewording the policy never saw lands near
 its task's training paraphrases but not on them, so the policy is taught the neighbourhood of
-each, not three points per task. octo_like.policy builds this module from a config and loads its pretrained parts.
+each, not three points per task. octo_like.policy builds this module from a config and loads its
+pretrained parts.
 """
 
 from collections.abc import Mapping
