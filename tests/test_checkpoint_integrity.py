@@ -68,6 +68,16 @@ def test_checksums_find_one_flipped_bit_and_do_not_depend_on_sharding():
         and by_device == checksums.tree_checksums({"kernel": kernel}, {"kernel": "fmix64"})[0]["kernel"]
     )
     assert checksums.tree_checksums({"kernel": damaged}, {"kernel": "fmix64"})[0]["kernel"] != by_device
+    # Every device checksum of a tree comes from one program, compiled once for the tree, not once per shape.
+    tree = {"kernel": sharded, "bias": jnp.arange(7.0), "key": jax.random.key(1), "flag": jnp.ones(3, bool)}
+    compiled_before = checksums._fmix64_all._cache_size()
+    device_sums = checksums.tree_checksums(tree, dict.fromkeys(tree, "fmix64"))[0]
+    assert checksums._fmix64_all._cache_size() == compiled_before + 1 and device_sums["kernel"] == by_device
+    assert device_sums == {
+        name: checksums.tree_checksums({name: leaf}, {name: "fmix64"})[0][name] for name, leaf in tree.items()
+    }
+    with pytest.raises(ValueError, match=r"^unknown checksum algorithm 'md5' for kernel; expected one of xxh3_128"):
+        checksums.tree_checksums({"kernel": kernel}, {"kernel": "md5"})
     with_inf = {"x": jnp.array([1.0, jnp.inf])}
     assert checksums.tree_checksums(with_inf)[1] == ["x"]
     # Verifying a restore skips the finiteness pass; the checksum is the same.

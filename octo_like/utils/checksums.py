@@ -42,7 +42,6 @@ def _plain(x):
     return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
 
-@jax.jit
 def _fmix64(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(uint32[2] checksum, all values finite) of an array, on its devices."""
     x = _plain(x)
@@ -57,6 +56,23 @@ def _fmix64(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return sums, finite
 
 
+@jax.jit
+def _fmix64_all(arrays: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+    """`_fmix64` of every array in one program: a train state compiles once, not once per shape."""
+    return [_fmix64(x) for x in arrays]
+
+
+def _fmix64_checksums(arrays: list) -> list[tuple[str, bool]]:
+    def on_host(value: jax.Array) -> np.ndarray:
+        # Full reductions are replicated: this process's copy is the whole value.
+        return np.asarray(value if value.is_fully_addressable else value.addressable_data(0))
+
+    return [
+        ("fmix64:" + "".join(f"{int(word):08x}" for word in on_host(sums)), bool(on_host(finite)))
+        for sums, finite in _fmix64_all([jnp.asarray(x) for x in arrays])
+    ]
+
+
 def _split_over_processes(x) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
@@ -68,23 +84,12 @@ def _host_array(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(_plain(x) if isinstance(x, jax.Array) else x))
 
 
-def _checksum(x, algorithm: str | None, check_finite: bool) -> tuple[str, bool]:
-    """("<algorithm>:<hex>", all values finite) of one array; `algorithm` None picks by addressability.
-    Without `check_finite`, the host pass skips the finiteness test (reported finite)."""
-    if algorithm is None:
-        algorithm = "fmix64" if _split_over_processes(x) else "xxh3_128"
-    if algorithm == "xxh3_128":
-        array = _host_array(x)
-        finite = not check_finite or not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
-        return f"xxh3_128:{xxhash.xxh3_128_hexdigest(array.reshape(-1).view(np.uint8))}", finite
-    if algorithm == "fmix64":
-        sums, finite = _fmix64(jnp.asarray(x))
-        # Full reductions are replicated: this process's copy is the whole value.
-        host = [
-            np.asarray(value if value.is_fully_addressable else value.addressable_data(0)) for value in (sums, finite)
-        ]
-        return "fmix64:" + "".join(f"{int(word):08x}" for word in host[0]), bool(host[1])
-    raise ValueError(f"unknown checksum algorithm '{algorithm}'; expected one of {', '.join(ALGORITHMS)}")
+def _xxh3_checksum(x, check_finite: bool) -> tuple[str, bool]:
+    """("xxh3_128:<hex>", all values finite) of one array, on the host. Without `check_finite`,
+    the finiteness test is skipped (reported finite)."""
+    array = _host_array(x)
+    finite = not check_finite or not np.issubdtype(array.dtype, np.inexact) or bool(np.isfinite(array).all())
+    return f"xxh3_128:{xxhash.xxh3_128_hexdigest(array.reshape(-1).view(np.uint8))}", finite
 
 
 def tree_checksums(
@@ -92,8 +97,9 @@ def tree_checksums(
 ) -> tuple[dict[str, str], list[str]]:
     """({array path: "<algorithm>:<hex>"}, [paths of arrays holding NaN or Inf]) of a pytree of
     arrays; `algorithms` ({path: algorithm}, e.g. from recorded checksums) fixes an array's
-    algorithm; `check_finite=False` (verifying a restore, whose values the checksums already pin
-    down) skips the finiteness pass and reports none. Every process must call it (an array split
+    algorithm, otherwise an array split over processes gets fmix64 and any other XXH3;
+    `check_finite=False` (verifying a restore, whose values the checksums already pin down) skips
+    the host pass's finiteness test and reports none. Every process must call it (an array split
     over processes is reduced jointly)."""
     named = [
         (jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
@@ -101,18 +107,27 @@ def tree_checksums(
     ]
     algorithms = algorithms or {}
     # One job per distinct (array, algorithm): a train state holds the very arrays of the parameters.
-    jobs = {(id(leaf), algorithms.get(name)): leaf for name, leaf in named}
+    jobs = {}
+    for name, leaf in named:
+        algorithm = algorithms.get(name) or ("fmix64" if _split_over_processes(leaf) else "xxh3_128")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unknown checksum algorithm '{algorithm}' for {name}; expected one of {', '.join(ALGORITHMS)}"
+            )
+        jobs[(id(leaf), algorithms.get(name))] = (leaf, algorithm)
 
-    def run(job):
-        (_, algorithm), leaf = job
-        return _checksum(leaf, algorithm, check_finite)
-
-    split = [job for job in jobs.items() if _split_over_processes(job[1])]
-    whole = [job for job in jobs.items() if not _split_over_processes(job[1])]
+    by_device = [key for key, (_, algorithm) in jobs.items() if algorithm == "fmix64"]
+    gathered = [
+        key for key, (leaf, algorithm) in jobs.items() if algorithm == "xxh3_128" and _split_over_processes(leaf)
+    ]
+    on_host = [
+        key for key, (leaf, algorithm) in jobs.items() if algorithm == "xxh3_128" and not _split_over_processes(leaf)
+    ]
     # Collectives in the same order on every process; host hashing in threads (xxhash and numpy release the GIL).
-    results = {key: run((key, leaf)) for key, leaf in split}
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(len(whole), os.cpu_count() or 1))) as pool:
-        results.update(zip([key for key, _ in whole], pool.map(run, whole)))
+    results = dict(zip(by_device, _fmix64_checksums([jobs[key][0] for key in by_device]) if by_device else []))
+    results.update({key: _xxh3_checksum(jobs[key][0], check_finite) for key in gathered})
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(len(on_host), os.cpu_count() or 1))) as pool:
+        results.update(zip(on_host, pool.map(lambda key: _xxh3_checksum(jobs[key][0], check_finite), on_host)))
     outcome = {name: results[(id(leaf), algorithms.get(name))] for name, leaf in named}
     return {name: checksum for name, (checksum, _) in outcome.items()}, [
         name for name, (_, finite) in outcome.items() if not finite
