@@ -27,8 +27,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def xla_flags_with_devices(devices: int) -> str:
+    """This session's XLA flags (tests/conftest.py) with another forced host device count."""
+    others = [flag for flag in os.environ["XLA_FLAGS"].split() if "host_platform_device_count" not in flag]
+    return " ".join([f"--xla_force_host_platform_device_count={devices}", *others])
+
+
 def start_worker(out_dir, process_id, num_processes, port, devices):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags_with_devices(devices)}
     return subprocess.Popen(
         [sys.executable, WORKER, str(out_dir), str(process_id), str(num_processes), str(port)],
         cwd=REPO_ROOT,
@@ -149,7 +155,7 @@ def test_train_script_on_two_processes_stops_together_when_one_is_preempted(synt
             }
         ),
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags_with_devices(2)}
     processes = [
         subprocess.Popen(
             [sys.executable, *common, f"--config.distributed.process_id={i}"],
