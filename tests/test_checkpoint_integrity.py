@@ -154,8 +154,10 @@ def test_a_release_written_before_checksums_loads_with_a_note_and_acts_as_it_did
         and "has no checksums (written before they existed): loaded unverified" in caplog.text
     )
     actions = model.sample_actions(example_batch()["observation"], {"pad_mask_dict": {}}, rng=jax.random.key(0))
+    # Recorded at XLA's default optimization level; the tests compile at level 0 (conftest), whose
+    # float32 results differ in the last bits.
     np.testing.assert_allclose(
-        np.asarray(actions), np.load(FIXTURES / "release_a34613f" / "reference_actions.npy"), atol=1e-6
+        np.asarray(actions), np.load(FIXTURES / "release_a34613f" / "reference_actions.npy"), rtol=1e-5, atol=1e-6
     )
 
 
