@@ -10,6 +10,8 @@
         --config experiments/configs/metaworld_scratch.py:diffusion [--fsdp_sizes 1,2,4,8]
     python scripts/bench.py decode [--gemma_size tiny|2B] [--prompt_length 64] [--new_tokens 8] [--dtype bfloat16]
     python scripts/bench.py infer --config experiments/configs/vla_flow.py[:pod] [--euler_steps 10]
+    python scripts/bench.py infer --config experiments/configs/vla_parallel.py:bins \
+        --baseline_config experiments/configs/vla_tokens.py:bins
     python scripts/bench.py checkpoint --config experiments/configs/octo_scratch.py:tiny [--repeats 5]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
@@ -38,9 +40,12 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8.
 `--prompt_length` prompt, `--new_tokens` tokens per call, with the KV cache and without it
 (rerunning the whole sequence per token), tokens/s side by side and their ratio.
 
-`infer` of a VLA config (vla_tokens.py, vla_flow.py): the latency of one chunk with the KV cache
-and without it (the prefix, or the whole sequence, rerun at every Euler step or token), p50/p95
-side by side and their ratio; `--euler_steps` for the flow expert.
+`infer` of a VLA config (vla_tokens.py, vla_flow.py, vla_parallel.py, vla_bridge.py): the latency
+of one chunk (p50/p95) with the KV cache and, where the kind has one, without it (the prefix, or
+the whole sequence, rerun at every Euler step or token), and their ratio; for action tokens also
+Jacobi decoding (PD-VLA) with its backbone forward passes per chunk beside greedy decoding's;
+`--euler_steps` for the flow expert and the flow heads; `--baseline_config` times a second VLA
+config's chunk beside it and gives the ratio (parallel decoding against autoregressive bins).
 
 `checkpoint`: the cost of checkpoint checksums for the model of a config (and its Adam state):
 the time of one synchronous save of a step (parameters + train state, as training saves) and of
@@ -70,6 +75,9 @@ from octo_like.utils.errors import InputError
 from octo_like.utils.timing import calls_per_second
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: path.py[:variant].", lock_config=True)
+_BASELINE_CONFIG = config_flags.DEFINE_config_file(
+    "baseline_config", None, "infer of a VLA config: a second VLA config timed beside it (e.g. bins).", lock_config=True
+)
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Measuring time per figure, after warm-up.")
 _TASKS = flags.DEFINE_string(
     "tasks", "reach,drawer-open,button-press-topdown", "env: Meta-World tasks (comma-separated)."
@@ -453,9 +461,10 @@ def _latency_ms(call, seconds: float) -> dict:
     }
 
 
-def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
-    """A VLA config's chunk latency with the KV cache and without it (the prefix, or the whole
-    sequence, rerun at every Euler step or token), side by side."""
+def _vla_chunk_latencies(config: dict, euler_steps: int, seconds: float) -> tuple[dict, dict]:
+    """(a VLA config's settings, its chunk latencies by variant): the default sampling on the cache;
+    without the cache (the prefix, or the whole sequence, rerun at every Euler step or token) where
+    the kind has one; for action tokens also Jacobi decoding with its backbone forward passes."""
     import jax
 
     batch = _example_batch(config)
@@ -463,38 +472,66 @@ def bench_infer_vla(config: dict, euler_steps: int, seconds: float) -> dict:
     observation = jax.tree_util.tree_map(lambda x: x[:1], batch["observation"])
     task = model.create_tasks(texts=["open the drawer"])
     vla = model.config["model"]["vla"]
-    kind = vla["action"]["kind"]
-    sampling = {"num_steps": euler_steps} if kind == "flow" else {}
-    results = {}
-    for use_cache in (True, False):
-        latency = _latency_ms(
-            lambda: model.sample_actions(observation, task, rng=jax.random.key(0), use_cache=use_cache, **sampling),
+    actions = model.module.actions
+    sampling = {"num_steps": euler_steps} if "num_steps" in actions.sampling_options else {}
+    variants = {"with_cache": sampling}
+    if "use_cache" in actions.sampling_options:
+        variants["without_cache"] = {**sampling, "use_cache": False}
+    if "decoding" in actions.sampling_options:
+        variants["jacobi"] = {"decoding": "jacobi"}
+    latencies = {
+        name: _latency_ms(
+            lambda options=options: model.sample_actions(observation, task, rng=jax.random.key(0), **options),
             seconds,
         )
-        if kind != "flow":
-            latency["action_tokens_per_s"] = model.module.actions.num_action_tokens / (latency["p50_ms"] / 1000)
-        results["with_cache" if use_cache else "without_cache"] = latency
-    backbone = vla["backbone"]["config"]
-    return {
-        "benchmark": "infer",
-        "device": str(jax.devices()[0]),
-        "batch_size": 1,
-        "action": kind,
+        for name, options in variants.items()
+    }
+    architecture = vla["backbone"]["config"]
+    settings = {
+        "action": vla["action"]["kind"],
+        **({"euler_steps": euler_steps} if sampling else {}),
         "backbone": {
             "size": vla["backbone"].get("size"),
             "checkpoint": vla["backbone"].get("checkpoint"),
-            "image_size": backbone["vision"]["image_size"],
-            "text_width": backbone["text"]["hidden_size"],
-            "text_layers": backbone["text"]["num_layers"],
+            "image_size": architecture["vision"]["image_size"],
+            "text_width": architecture["text"]["hidden_size"],
+            "text_layers": architecture["text"]["num_layers"],
         },
-        **(
-            {"euler_steps": euler_steps}
-            if kind == "flow"
-            else {"action_tokens": model.module.actions.num_action_tokens}
-        ),
-        **results,
-        "cache_speedup": results["without_cache"]["p50_ms"] / results["with_cache"]["p50_ms"],
     }
+    if "decoding" in actions.sampling_options:
+        _, passes = model.module.apply(
+            {"params": model.network_params(model.params)},
+            observation,
+            task,
+            method=lambda network, observation, task: network.actions.jacobi_decode(
+                network, *network.actions.token_prefix(network, observation, task)
+            ),
+        )
+        settings["action_tokens"] = actions.num_action_tokens
+        for name, latency in latencies.items():
+            latency["action_tokens_per_s"] = actions.num_action_tokens / (latency["p50_ms"] / 1000)
+        # Greedy decoding: the prefix pass gives token 0, then one pass per further token.
+        latencies["with_cache"]["forward_passes"] = actions.num_action_tokens
+        latencies["jacobi"]["forward_passes"] = int(passes)
+    return settings, latencies
+
+
+def bench_infer_vla(config: dict, baseline_config: dict | None, euler_steps: int, seconds: float) -> dict:
+    """A VLA config's chunk latencies (`_vla_chunk_latencies`) side by side, their ratios to the
+    cached default, and with `baseline_config` the baseline's default chunk latency and the ratio."""
+    import jax
+
+    settings, latencies = _vla_chunk_latencies(config, euler_steps, seconds)
+    result = {"benchmark": "infer", "device": str(jax.devices()[0]), "batch_size": 1, **settings, **latencies}
+    if "without_cache" in latencies:
+        result["cache_speedup"] = latencies["without_cache"]["p50_ms"] / latencies["with_cache"]["p50_ms"]
+    if "jacobi" in latencies:
+        result["jacobi_speedup"] = latencies["with_cache"]["p50_ms"] / latencies["jacobi"]["p50_ms"]
+    if baseline_config is not None:
+        baseline_settings, baseline_latencies = _vla_chunk_latencies(baseline_config, euler_steps, seconds)
+        result["baseline"] = {**baseline_settings, "with_cache": baseline_latencies["with_cache"]}
+        result["speedup_over_baseline"] = baseline_latencies["with_cache"]["p50_ms"] / latencies["with_cache"]["p50_ms"]
+    return result
 
 
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
@@ -612,7 +649,8 @@ def main(argv):
             raise InputError(f"--euler_steps={_EULER_STEPS.value}; expected a positive number of Euler steps")
         config = _CONFIG.value.to_dict()
         if config["model"].get("vla") is not None:
-            result = bench_infer_vla(config, _EULER_STEPS.value, _SECONDS.value)
+            baseline = None if _BASELINE_CONFIG.value is None else _BASELINE_CONFIG.value.to_dict()
+            result = bench_infer_vla(config, baseline, _EULER_STEPS.value, _SECONDS.value)
         else:
             result = bench_infer(config, _INFER_HEADS.value.split(","), _SECONDS.value)
     elif argv[1] == "decode":

@@ -127,3 +127,29 @@ def test_infer_benchmark_of_a_vla_config_compares_decoding_with_and_without_the_
             figures["p50_ms"] / 1000
         )
     assert infer["cache_speedup"] == infer["without_cache"]["p50_ms"] / infer["with_cache"]["p50_ms"]
+    # Jacobi decoding (PD-VLA) beside greedy: its latency and backbone forward passes per chunk.
+    assert infer["with_cache"]["forward_passes"] == 7 and 1 <= infer["jacobi"]["forward_passes"] <= 7
+    assert infer["jacobi_speedup"] == infer["with_cache"]["p50_ms"] / infer["jacobi"]["p50_ms"]
+
+
+def test_infer_benchmark_times_parallel_decoding_beside_an_autoregressive_baseline(synthetic_data_dir):
+    shared = [
+        "dataset.data_dir=" + str(synthetic_data_dir),
+        "dataset.mixture=synthetic",
+        "model.vla.action.action_dim=7",
+        "dataset.traj_transform_kwargs.action_horizon=1",
+        "model.vla.action.horizon=1",
+        "dataset.batch_size=2",
+        "dataset.shuffle_buffer_size=4",
+    ]
+    infer = bench(
+        "infer",
+        "--config=experiments/configs/vla_parallel.py:bins",
+        "--baseline_config=experiments/configs/vla_tokens.py:bins",
+        *(f"--config.{override}" for override in shared),
+        *(f"--baseline_config.{override}" for override in shared),
+    )
+    # One forward per chunk: no cache to compare, no tokens to decode one by one.
+    assert infer["action"] == "parallel_bins" and "without_cache" not in infer and "jacobi" not in infer
+    assert infer["baseline"]["action"] == "bins" and infer["baseline"]["with_cache"]["forward_passes"] == 7
+    assert infer["speedup_over_baseline"] == infer["baseline"]["with_cache"]["p50_ms"] / infer["with_cache"]["p50_ms"]

@@ -84,8 +84,9 @@ def vla_config(config_arg, **action):
     return config
 
 
-def train(model, batch, steps, learning_rate=1e-3):
-    """Adam on one batch through the optimizer the trainer builds (frozen keys included)."""
+def train(model, batch, steps, learning_rate=1e-3, rng=None):
+    """Adam on one batch through the optimizer the trainer builds (frozen keys included); `rng`: the
+    same key at every step (else a fresh one per step)."""
     optimizer, _ = make_optimizer(
         model.params, {"learning_rate": learning_rate, "decay": "constant"}, steps, model.frozen_keys
     )
@@ -98,7 +99,7 @@ def train(model, batch, steps, learning_rate=1e-3):
 
     params, opt_state, losses = model.params, optimizer.init(model.params), []
     for index in range(steps):
-        params, opt_state, loss, metrics = step(params, opt_state, jax.random.key(index))
+        params, opt_state, loss, metrics = step(params, opt_state, jax.random.key(index) if rng is None else rng)
         losses.append(float(loss))
     model.params = params
     return losses, metrics
@@ -258,7 +259,11 @@ def test_a_paligemma_checkpoint_initializes_the_backbone_and_its_vocabulary_is_c
 @pytest.mark.parametrize(
     "vla, message",
     [
-        ({"action": {"kind": "tokens"}}, "model.vla.action.kind='tokens'; expected one of bins, fast, flow"),
+        (
+            {"action": {"kind": "tokens"}},
+            "model.vla.action.kind='tokens'; expected one of bins, fast, parallel_l1, parallel_bins, token_bridge, "
+            "pool_bridge, cross_bridge, flow",
+        ),
         ({"action": {"kind": "fast"}}, "needs model.vla.action.fast_tokenizer"),
         (
             {"action": {"kind": "bins"}, "backbone": {"size": "7B"}},

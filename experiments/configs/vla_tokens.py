@@ -45,12 +45,19 @@ from octo_like.utils.errors import InputError
 ACTION_DIM = 4  # Meta-World: end-effector delta xyz and gripper
 CAMERAS = ("primary", "wrist")
 KINDS = ("bins", "fast")
-OPTIONS = ("lora", "pod", "adarms")
+OPTIONS = ("lora", "pod")
+# Kinds that read actions normalized to their bounds: bins cover [-1, 1], and OpenVLA-OFT's L1
+# regression keeps OpenVLA's normalization; the generative heads read mean 0, std 1.
+BOUNDS_KINDS = ("bins", "fast", "parallel_bins", "parallel_l1")
+EXPERT_KINDS = ("flow", "cross_bridge")  # with pod: pi0's width-1024 expert
 
 
-def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.ConfigDict:
-    """The VLA run for action `kind` ("bins", "fast" or "flow"); vla_flow.py builds on it."""
-    allowed = OPTIONS if kind == "flow" else tuple(option for option in OPTIONS if option != "adarms")
+def vla_config(
+    kind: str, options: list[str], run_name: str, allowed=OPTIONS, action_settings=None
+) -> ml_collections.ConfigDict:
+    """The VLA run for action `kind` (a key of octo_like.model.vla.kinds.VLA_ACTIONS) with `options`
+    (any of `allowed`) and extra `model.vla.action` settings; vla_flow.py, vla_parallel.py and
+    vla_bridge.py build on it."""
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InputError(f"unknown option(s) {unknown}; expected any of {', '.join(allowed)}")
@@ -66,7 +73,7 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
     config.dataset.frame_transform_kwargs.resize_size = {camera: image_size for camera in CAMERAS}
     # One step (OpenVLA and pi0 read the current frame); bins need actions in [-1, 1].
     config.dataset.traj_transform_kwargs.window_size = 1
-    config.dataset.dataset_kwargs.action_proprio_normalization_type = "bounds" if kind != "flow" else "normal"
+    config.dataset.dataset_kwargs.action_proprio_normalization_type = "bounds" if kind in BOUNDS_KINDS else "normal"
     text_tokenizer = config.dataset.traj_transform_kwargs.text_tokenizer.kwargs
     text_tokenizer.max_length = 24
     text_tokenizer.tokenizer_json = checkpoint
@@ -76,10 +83,9 @@ def vla_config(kind: str, options: list[str], run_name: str) -> ml_collections.C
         action_dim=ACTION_DIM,
         fast_tokenizer=config_dict.placeholder(str),
     )
-    if kind == "flow" and pod:
+    if kind in EXPERT_KINDS and pod:
         action["expert"] = dict(hidden_size=1024, intermediate_size=4096)  # pi0's Gemma-300M expert
-    if kind == "flow":
-        action["time_conditioning"] = "adarms" if "adarms" in options else "concat"
+    action.update(action_settings or {})
     config.model = ml_collections.ConfigDict(
         dict(
             language=dict(encoder="backbone", max_length=text_tokenizer.max_length, tokenizer_json=checkpoint),

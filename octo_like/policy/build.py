@@ -42,19 +42,12 @@ from octo_like.model.scratch.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOK
 from octo_like.model.scratch.transformer import transformer_settings
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig
 from octo_like.model.vla.action_expert import TIME_CONDITIONINGS
-from octo_like.model.vla.actions import VLA_ACTIONS
-from octo_like.model.vla.network import VLA_SIZES, VLANetwork, make_vla_network
+from octo_like.model.vla.kinds import VLA_ACTIONS
+from octo_like.model.vla.network import VLA_ACTION_DEFAULTS, VLA_SIZES, VLANetwork, make_vla_network
 from octo_like.utils.assets import installed_minilm_dir
 from octo_like.utils.errors import InputError
 
 LANGUAGE_ENCODERS = ("minilm", "clip", "backbone")
-VLA_ACTION_DEFAULTS = {
-    "n_bins": 256,
-    "fast_tokenizer": None,
-    "max_action_tokens": 32,
-    "expert": {"hidden_size": 64, "intermediate_size": 256},
-    "time_conditioning": "concat",
-}
 LORA_DEFAULTS = {"rank": 16, "alpha": 16.0, "targets": GEMMA_LORA_TARGETS}
 LORA = "lora"
 # With LoRA, the base stacks it adapts stay frozen: the backbone, and the expert's attention and MLP.
@@ -182,8 +175,18 @@ def load_pretrained_parts(
     if isinstance(module, VLANetwork):
         backbone_checkpoint = model_config["vla"]["backbone"].get("checkpoint")
         if backbone_checkpoint:
-            parts["backbone"] = as_arrays(load_paligemma_params(backbone_checkpoint, module.backbone_config))
+            pretrained = load_paligemma_params(backbone_checkpoint, module.backbone_config)
+            # Only the layers the kind runs exist (a bridge's layer skipping creates the first N).
+            parts["backbone"] = as_arrays(restricted_to(pretrained, param_shapes["backbone"]))
     return parts
+
+
+def restricted_to(tree: Mapping, shapes: Mapping) -> dict:
+    """`tree` with only the keys of `shapes` (nested dicts)."""
+    return {
+        key: restricted_to(tree[key], value) if isinstance(value, Mapping) else tree[key]
+        for key, value in shapes.items()
+    }
 
 
 def with_action_horizon(model_config: Mapping, horizon: int) -> dict:

@@ -195,10 +195,11 @@ class GemmaModel(nn.Module):
         embeddings_BLC = self.embed_tokens(input_ids_BL)
         return embeddings_BLC * jnp.asarray(self.config.hidden_size**0.5, embeddings_BLC.dtype)
 
-    def __call__(self, embeddings_BLC, positions_BL, mask_BLS, caches=None, cache_index=None):
-        """(final-normed hidden states, the updated per-layer KV caches or None)."""
+    def __call__(self, embeddings_BLC, positions_BL, mask_BLS, caches=None, cache_index=None, num_layers=None):
+        """(final-normed hidden states, the updated per-layer KV caches or None). `num_layers` runs
+        only the first layers (layer skipping: SmolVLA reads the states of the first half)."""
         hidden_BLC, new_caches = embeddings_BLC, []
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.layers[:num_layers]):
             hidden_BLC, cache = layer(
                 hidden_BLC, positions_BL, mask_BLS, None if caches is None else caches[index], cache_index
             )

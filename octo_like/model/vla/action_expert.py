@@ -103,6 +103,19 @@ class AdaptiveGemmaDecoderLayer(nn.Module):
         return x_BSE + mlp_gate * self.mlp(normed_BSE)
 
 
+def pi0_suffix_tokens(expert: nn.Module, proprio_BD, noisy_actions_BHA, time_B) -> jax.Array:
+    """pi0's suffix tokens [B, 1 + H, E]: the proprio token, then every noisy action with the flow
+    time (concat(action embedding, sin-cos time) -> Dense -> swish -> Dense). `expert` holds the
+    Dense layers `proprio_in`, `action_in`, `time_mlp_in` and `time_mlp_out`."""
+    # In the parameters' dtype (bf16 compute): float32 actions would promote the whole expert.
+    dtype = parameter_dtype(expert)
+    actions_BHE = expert.action_in(noisy_actions_BHA.astype(dtype))
+    time_BE = sincos_embedding(time_B[:, None], actions_BHE.shape[-1]).astype(actions_BHE.dtype)
+    time_BHE = jnp.broadcast_to(time_BE[:, None], actions_BHE.shape)
+    actions_BHE = expert.time_mlp_out(nn.swish(expert.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1))))
+    return jnp.concatenate([expert.proprio_in(proprio_BD.astype(dtype))[:, None], actions_BHE], axis=1)
+
+
 class ActionExpert(nn.Module):
     """The suffix stream: embeds proprio and noisy actions, runs the expert layers jointly with the
     VLM's layers (passed in as `vlm_layers`), and reads the velocity off the action tokens.
@@ -135,21 +148,14 @@ class ActionExpert(nn.Module):
     def embed_suffix(self, proprio_BD, noisy_actions_BHA, time_B) -> tuple[jax.Array, dict]:
         """(suffix tokens [B, 1 + H, E], the keyword arguments the expert layers take: the time
         conditioning for adaRMS, nothing for concat)."""
+        if self.time_conditioning != "adarms":
+            return pi0_suffix_tokens(self, proprio_BD, noisy_actions_BHA, time_B), {}
         # In the parameters' dtype (bf16 compute): float32 actions would promote the whole expert.
         dtype = parameter_dtype(self)
-        proprio_BD, noisy_actions_BHA = proprio_BD.astype(dtype), noisy_actions_BHA.astype(dtype)
-        actions_BHE = self.action_in(noisy_actions_BHA)
-        width = actions_BHE.shape[-1]
-        time_BE = sincos_embedding(time_B[:, None], width).astype(actions_BHE.dtype)
-        if self.time_conditioning == "adarms":
-            conditioning = {"cond_BE": nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_BE))))}
-        else:
-            time_BHE = jnp.broadcast_to(time_BE[:, None], actions_BHE.shape)
-            actions_BHE = self.time_mlp_out(
-                nn.swish(self.time_mlp_in(jnp.concatenate([actions_BHE, time_BHE], axis=-1)))
-            )
-            conditioning = {}
-        return jnp.concatenate([self.proprio_in(proprio_BD)[:, None], actions_BHE], axis=1), conditioning
+        actions_BHE = self.action_in(noisy_actions_BHA.astype(dtype))
+        time_BE = sincos_embedding(time_B[:, None], actions_BHE.shape[-1]).astype(actions_BHE.dtype)
+        conditioning = {"cond_BE": nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(time_BE))))}
+        return jnp.concatenate([self.proprio_in(proprio_BD.astype(dtype))[:, None], actions_BHE], axis=1), conditioning
 
     def velocity(self, suffix_BSE: jax.Array, conditioning: dict) -> jax.Array:
         if conditioning:
@@ -203,8 +209,11 @@ class PrefixWithExpert(nn.Module):
     def _attend(query, keys, values, mask):
         return jax.nn.dot_product_attention(query, keys, values, mask=mask[:, None])
 
-    def joint(self, vlm_layers, prefix: Prefix, suffix_BSE, conditioning: dict, mask_BXX):
-        """Both streams through every layer; returns (prefix hidden, suffix hidden), not final-normed."""
+    def joint(self, vlm_layers, prefix: Prefix, suffix_BSE, conditioning: dict, mask_BXX, insulate: bool = False):
+        """Both streams through every layer; returns (prefix hidden, suffix hidden), not final-normed.
+
+        `insulate` (knowledge insulation, pi0.5 + KI): the suffix reads the prefix keys and values
+        through a stop-gradient, so the expert's loss never reaches the VLM."""
         prefix_BPC, length = prefix.embeddings_BPC, prefix.embeddings_BPC.shape[1]
         suffix_positions_BS = prefix.suffix_positions(suffix_BSE.shape[1])
         for vlm_layer, expert_layer in zip(vlm_layers, self.expert.layers):
@@ -213,6 +222,9 @@ class PrefixWithExpert(nn.Module):
             keys = jnp.concatenate([key_p, key_s.astype(key_p.dtype)], axis=1)
             values = jnp.concatenate([value_p, value_s.astype(value_p.dtype)], axis=1)
             attended_p = self._attend(query_p, keys, values, mask_BXX[:, :length])
+            if insulate:
+                keys = jnp.concatenate([jax.lax.stop_gradient(key_p), key_s.astype(key_p.dtype)], axis=1)
+                values = jnp.concatenate([jax.lax.stop_gradient(value_p), value_s.astype(value_p.dtype)], axis=1)
             attended_s = self._attend(query_s.astype(keys.dtype), keys, values, mask_BXX[:, length:])
             prefix_BPC = vlm_layer.after_attention(prefix_BPC, attended_p)
             suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype), **conditioning)
@@ -236,24 +248,36 @@ class PrefixWithExpert(nn.Module):
             suffix_BSE = expert_layer.after_attention(suffix_BSE, attended_s.astype(suffix_BSE.dtype), **conditioning)
         return suffix_BSE
 
-    def velocity(self, vlm_layers, prefix: Prefix, proprio_BD, noisy_BHA, time_B) -> jax.Array:
-        """The predicted velocity [B, H, A] at x_t = noisy, one joint forward of prefix and suffix."""
+    def joint_velocity(
+        self, vlm_layers, prefix: Prefix, proprio_BD, noisy_BHA, time_B, insulate: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """(the predicted velocity [B, H, A] at x_t = noisy, the prefix stream's last hidden states
+        [B, P, C], not final-normed): one joint forward of prefix and suffix."""
         suffix_BSE, conditioning = self.expert.embed_suffix(proprio_BD, noisy_BHA, time_B)
         mask_BXX = suffix_mask(prefix.valid_BP, prefix.mask_BPP, self.horizon)
-        _, suffix_BSE = self.joint(vlm_layers, prefix, suffix_BSE, conditioning, mask_BXX)
-        return self.expert.velocity(suffix_BSE, conditioning)
+        prefix_BPC, suffix_BSE = self.joint(vlm_layers, prefix, suffix_BSE, conditioning, mask_BXX, insulate)
+        return self.expert.velocity(suffix_BSE, conditioning), prefix_BPC
 
-    def loss(self, vlm_layers, prefix: Prefix, proprio_BD, actions_BHA, action_mask_BHA, rng) -> jax.Array:
-        """The flow-matching loss: mean squared velocity error over the valid action entries."""
+    def velocity(self, vlm_layers, prefix: Prefix, proprio_BD, noisy_BHA, time_B) -> jax.Array:
+        return self.joint_velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)[0]
+
+    def loss(
+        self, vlm_layers, prefix: Prefix, proprio_BD, actions_BHA, action_mask_BHA, rng, insulate: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """(the flow-matching loss: mean squared velocity error over the valid action entries, the
+        prefix stream's last hidden states [B, P, C] of the same forward, not final-normed)."""
         noise_rng, time_rng = jax.random.split(rng)
         noise_BHA = jax.random.normal(noise_rng, actions_BHA.shape, actions_BHA.dtype)
         time_B = sample_flow_time(time_rng, (actions_BHA.shape[0],))
+        prefix_hidden = []
 
         def predict_velocity(noisy_BHA):
-            return self.velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B)
+            velocity_BHA, prefix_BPC = self.joint_velocity(vlm_layers, prefix, proprio_BD, noisy_BHA, time_B, insulate)
+            prefix_hidden.append(prefix_BPC)
+            return velocity_BHA
 
         error_BHA = flow_matching_error(predict_velocity, actions_BHA, noise_BHA, time_B[:, None, None])
-        return masked_mean(error_BHA, action_mask_BHA)
+        return masked_mean(error_BHA, action_mask_BHA), prefix_hidden[0]
 
     def sample(self, vlm_layers, prefix: Prefix, proprio_BD, rng, num_steps: int = 10, use_cache: bool = True):
         """Action chunks [B, H, A]: `num_steps` Euler steps from noise (t = 1) to t = 0. With the

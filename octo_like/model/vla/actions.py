@@ -33,7 +33,8 @@ import numpy as np
 from octo_like.model.language.gemma import GemmaConfig
 from octo_like.model.vla.action_expert import Prefix, PrefixWithExpert, expert_geometry_mismatch
 from octo_like.model.vla.action_tokenizers import ActionBins, FASTTokenizer
-from octo_like.model.vla.paligemma import PaliGemmaConfig, prefix_lm_mask
+from octo_like.model.vla.paligemma import PaliGemmaConfig, block_mask, prefix_lm_mask
+from octo_like.utils.errors import InputError
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,8 +110,10 @@ class VLAActions(abc.ABC):
         """Touches every parameter of the kind (for init)."""
 
     @abc.abstractmethod
-    def loss(self, network: nn.Module, observation, task, actions_BHA, valid_BHA, rng) -> tuple[jax.Array, dict]:
-        """(loss, metrics) of the last step's chunks; `valid_BHA` masks padding."""
+    def loss(
+        self, network: nn.Module, observation, task, actions_BHA, valid_BHA, rng, train: bool
+    ) -> tuple[jax.Array, dict]:
+        """(loss, metrics) of the last step's chunks; `valid_BHA` masks padding; `train` turns dropout on."""
 
     @abc.abstractmethod
     def sample(self, network: nn.Module, observation, task, rng, **sampling) -> tuple[jax.Array, jax.Array]:
@@ -121,17 +124,84 @@ class VLAActions(abc.ABC):
         return {}
 
 
+def proprio_tokens(network: nn.Module, observation, like_BPC: jax.Array) -> jax.Array:
+    """[B, 1, C]: `network.proprio_in` of the last step's proprio, or [B, 0, C] when the observation has none."""
+    if "proprio" not in observation:
+        return jnp.zeros((like_BPC.shape[0], 0, like_BPC.shape[2]), like_BPC.dtype)
+    return network.proprio_in(observation["proprio"][:, -1].astype(like_BPC.dtype))[:, None].astype(like_BPC.dtype)
+
+
+def proprio_token_prefix(network: nn.Module, observation, task) -> tuple[jax.Array, jax.Array]:
+    """The network's prefix [B, P, C] and valid [B, P], then the proprio token (when observed)."""
+    embeddings_BPC, valid_BP = network.prefix(observation, task)
+    proprio_BEC = proprio_tokens(network, observation, embeddings_BPC)
+    valid_BE = jnp.ones(proprio_BEC.shape[:2], bool)
+    return jnp.concatenate([embeddings_BPC, proprio_BEC], axis=1), jnp.concatenate([valid_BP, valid_BE], axis=1)
+
+
+def query_states(
+    network: nn.Module, observation, task, queries_KC: jax.Array, num_layers: int | None = None
+) -> jax.Array:
+    """The backbone's final-normed states [B, K, C] of K learned query tokens appended to the
+    prefix and proprio token: the queries attend everything and each other (block-wise attention),
+    the prefix never attends them. Action slots (OpenVLA-OFT) and bridge tokens (CogACT) read the
+    backbone this way."""
+    embeddings_BPC, valid_BP = proprio_token_prefix(network, observation, task)
+    batch, prefix, width = embeddings_BPC.shape
+    queries_BKC = jnp.broadcast_to(queries_KC.astype(embeddings_BPC.dtype), (batch, *queries_KC.shape))
+    valid_BX = jnp.concatenate([valid_BP, jnp.ones((batch, queries_KC.shape[0]), bool)], axis=1)
+    blocks_BX = jnp.concatenate([jnp.zeros((batch, prefix), jnp.int32), jnp.ones(queries_BKC.shape[:2], jnp.int32)], 1)
+    language = network.backbone.language_model
+    hidden_BXC, _ = language(
+        jnp.concatenate([embeddings_BPC, queries_BKC], axis=1),
+        jnp.cumsum(valid_BX, axis=1),
+        block_mask(valid_BX, blocks_BX),
+        num_layers=num_layers,
+    )
+    return hidden_BXC[:, prefix:]
+
+
+def token_cross_entropy(logits_BSV: jax.Array, targets_BS: jax.Array, mask_BS: jax.Array) -> tuple[jax.Array, dict]:
+    """(mean cross-entropy over the masked tokens, {loss, accuracy} metrics)."""
+    logits_BSV = logits_BSV.astype(jnp.float32)
+    log_probs_BS = jnp.take_along_axis(jax.nn.log_softmax(logits_BSV), targets_BS[..., None], axis=-1)[..., 0]
+    count = jnp.maximum(mask_BS.sum(), 1)
+    loss = -jnp.where(mask_BS, log_probs_BS, 0.0).sum() / count
+    accuracy = jnp.where(mask_BS, jnp.argmax(logits_BSV, axis=-1) == targets_BS, False).sum() / count
+    return loss, {"action_token_loss": loss, "action_token_accuracy": accuracy}
+
+
 class FlowActions(VLAActions):
     """pi0: the expert takes the proprio and the noisy chunk as its suffix; sampling computes the
-    prefix KV cache once, then runs `num_steps` Euler steps."""
+    prefix KV cache once, then runs `num_steps` Euler steps.
+
+    `knowledge_insulation` (pi0.5 + KI): in the same forward, the backbone also learns the chunk's
+    FAST tokens (teacher forced after the prefix, causally, so the prefix's keys and values are what
+    they are without them), while the expert reads the prefix keys and values through a
+    stop-gradient: the flow loss trains only the expert, the token loss only the backbone (and its
+    proprio and start tokens). The loss is `token_loss_weight * tokens + flow_loss_weight * flow`;
+    inference runs the expert alone, as without insulation."""
 
     sampling_options = frozenset({"num_steps", "use_cache"})
+
+    @property
+    def insulated(self) -> bool:
+        return bool(self.action.get("knowledge_insulation", False))
+
+    @property
+    def insulating_tokens(self) -> "FASTActions":
+        return FASTActions(self.action, self.backbone_config)
 
     def expert_config(self):
         # The backbone's attention geometry at the configured width (pi0's Gemma-300M expert).
         return dataclasses.replace(self.backbone_config.text, **self.action["expert"])
 
     def check(self):
+        if self.insulated and not self.action.get("fast_tokenizer"):
+            return (
+                "model.vla.action.knowledge_insulation needs model.vla.action.fast_tokenizer "
+                "(the backbone learns FAST tokens; write one with scripts/fit_fast.py)"
+            )
         return expert_geometry_mismatch(self.backbone_config.text, self.expert_config())
 
     def add_modules(self, network):
@@ -142,6 +212,8 @@ class FlowActions(VLAActions):
             self.horizon,
             self.action["time_conditioning"],
         )
+        if self.insulated:
+            self.insulating_tokens.add_modules(network)
 
     def _inputs(self, network, observation, task) -> tuple[Prefix, jax.Array]:
         prefix = Prefix.bidirectional(*network.prefix(observation, task))
@@ -151,14 +223,58 @@ class FlowActions(VLAActions):
         prefix, proprio = self._inputs(network, observation, task)
         batch = proprio.shape[0]
         layers = network.backbone.language_model.layers
-        return network.flow.velocity(
+        velocity_BHA = network.flow.velocity(
             layers, prefix, proprio, jnp.zeros((batch, self.horizon, self.action_dim)), jnp.ones(batch)
         )
+        if not self.insulated:
+            return velocity_BHA
+        return velocity_BHA, self.insulating_tokens.init_outputs(network, observation, task)
 
-    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng):
+    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng, train):
+        del train  # no dropout
+        if self.insulated:
+            return self._insulated_loss(network, observation, task, actions_BHA, valid_BHA, rng)
         prefix, proprio = self._inputs(network, observation, task)
-        loss = network.flow.loss(network.backbone.language_model.layers, prefix, proprio, actions_BHA, valid_BHA, rng)
+        layers = network.backbone.language_model.layers
+        loss, _ = network.flow.loss(layers, prefix, proprio, actions_BHA, valid_BHA, rng)
         return loss, {"action_flow_loss": loss}
+
+    def _insulated_loss(self, network, observation, task, actions_BHA, valid_BHA, rng):
+        tokens = self.insulating_tokens
+        targets_BS, mask_BS = tokens.targets(actions_BHA, valid_BHA)
+        embeddings_BPC, valid_BP = network.prefix(observation, task)
+        # After the prefix, causally (type 1): the proprio and start tokens, then the FAST tokens.
+        extra_BEC = tokens.proprio_and_start(network, observation, embeddings_BPC)
+        language = network.backbone.language_model
+        stream_BXC = jnp.concatenate(
+            [embeddings_BPC, extra_BEC, language.embed(targets_BS[:, :-1]).astype(embeddings_BPC.dtype)], axis=1
+        )
+        batch, prefix = valid_BP.shape
+        causal = stream_BXC.shape[1] - prefix
+        stream_valid_BX = jnp.concatenate([valid_BP, jnp.ones((batch, causal), bool)], axis=1)
+        types_BX = jnp.concatenate([jnp.zeros((batch, prefix), jnp.int32), jnp.ones((batch, causal), jnp.int32)], 1)
+        # The expert sees the prefix only (valid_BP), at the positions it has at inference.
+        stream = Prefix(
+            stream_BXC,
+            jnp.cumsum(stream_valid_BX, axis=1),
+            jnp.concatenate([valid_BP, jnp.zeros((batch, causal), bool)], axis=1),
+            prefix_lm_mask(stream_valid_BX, types_BX),
+        )
+        flow_loss, hidden_BXC = network.flow.loss(
+            language.layers,
+            stream,
+            network.last_proprio(observation, batch),
+            actions_BHA,
+            valid_BHA,
+            rng,
+            insulate=True,
+        )
+        # Position P + E - 1 (the start token) predicts FAST token 0, and so on.
+        logits_BSV = language.embed_tokens.attend(language.norm(hidden_BXC[:, prefix + extra_BEC.shape[1] - 1 :]))
+        token_loss, metrics = token_cross_entropy(logits_BSV, targets_BS, mask_BS)
+        weights = self.action.get("token_loss_weight", 1.0), self.action.get("flow_loss_weight", 1.0)
+        loss = weights[0] * token_loss + weights[1] * flow_loss
+        return loss, {**metrics, "action_flow_loss": flow_loss}
 
     def sample(self, network, observation, task, rng, num_steps: int = 10, use_cache: bool = True):
         prefix, proprio = self._inputs(network, observation, task)
@@ -167,10 +283,20 @@ class FlowActions(VLAActions):
         return chunks_BHA, jnp.ones(chunks_BHA.shape[0], bool)
 
 
+DECODINGS = ("greedy", "jacobi")
+
+
 class TokenActions(VLAActions):
     """Action tokens decoded by the backbone itself. The prefix ends with a proprio token (a Dense
     of the last step's proprio, when the observation has one) and a learned start token; the action
-    tokens follow causally."""
+    tokens follow causally.
+
+    Decoding (`sampling={"decoding": ...}`): "greedy", one token per forward on a KV cache; or
+    "jacobi" (PD-VLA), which guesses the whole sequence and re-predicts every token of it in one
+    forward until the guess stops changing. Each iteration fixes at least the first wrong token, so
+    the fixed point is reached in at most S - 1 iterations and it is exactly the greedy sequence."""
+
+    sampling_options = frozenset({"use_cache", "decoding"})
 
     @property
     def vocab_size(self) -> int:
@@ -198,15 +324,17 @@ class TokenActions(VLAActions):
         network.proprio_in = nn.Dense(width)
         network.action_start = network.param("action_start", nn.initializers.normal(0.02), (width,))
 
+    def proprio_and_start(self, network, observation, like_BPC: jax.Array) -> jax.Array:
+        """The tokens [B, E, C] that precede the action tokens: the proprio token (when observed),
+        then the start token."""
+        batch, _, width = like_BPC.shape
+        start_B1C = jnp.broadcast_to(network.action_start.astype(like_BPC.dtype), (batch, 1, width))
+        return jnp.concatenate([proprio_tokens(network, observation, like_BPC), start_B1C], axis=1)
+
     def token_prefix(self, network, observation, task) -> tuple[jax.Array, jax.Array]:
         """The shared prefix + proprio token (when observed) + the start token."""
         embeddings_BPC, valid_BP = network.prefix(observation, task)
-        batch, _, width = embeddings_BPC.shape
-        extra = []
-        if "proprio" in observation:
-            extra.append(network.proprio_in(observation["proprio"][:, -1].astype(embeddings_BPC.dtype))[:, None])
-        extra.append(jnp.broadcast_to(network.action_start.astype(embeddings_BPC.dtype), (batch, 1, width)))
-        extra_BEC = jnp.concatenate(extra, axis=1).astype(embeddings_BPC.dtype)
+        extra_BEC = self.proprio_and_start(network, observation, embeddings_BPC)
         valid_BE = jnp.ones(extra_BEC.shape[:2], bool)
         return jnp.concatenate([embeddings_BPC, extra_BEC], axis=1), jnp.concatenate([valid_BP, valid_BE], axis=1)
 
@@ -226,6 +354,19 @@ class TokenActions(VLAActions):
         first = self.first_action_id()
         return (jnp.argmax(logits_BV[..., first:], axis=-1) + first).astype(jnp.int32)
 
+    def _prefix_cache(self, network, prefix_BPC, prefix_valid_BP, total: int):
+        """(the greedy first token [B], the KV caches of `total` slots holding the prefix)."""
+        language = network.backbone.language_model
+        batch, prefix = prefix_valid_BP.shape
+        caches = language.empty_caches(batch, total, prefix_BPC.dtype)
+        prefix_mask_BPX = (
+            jnp.zeros((batch, prefix, total), bool)
+            .at[:, :, :prefix]
+            .set(prefix_lm_mask(prefix_valid_BP, jnp.zeros((batch, prefix), jnp.int32)))
+        )
+        hidden_BPC, caches = language(prefix_BPC, jnp.cumsum(prefix_valid_BP, axis=1), prefix_mask_BPX, caches, 0)
+        return self.greedy_action_token(language.embed_tokens.attend(hidden_BPC[:, -1])), caches
+
     def decode(self, network, prefix_BPC, prefix_valid_BP, use_cache: bool = True) -> jax.Array:
         """Greedy action token ids [B, S]. With the cache the prefix runs once and each token
         attends the cached keys and values; without it every step reruns the whole sequence (the
@@ -240,15 +381,8 @@ class TokenActions(VLAActions):
                 tokens_BS = tokens_BS.at[:, step].set(self.greedy_action_token(logits_BSV[:, step]))
             return tokens_BS
         total = prefix + num_tokens - 1
-        caches = language.empty_caches(batch, total, prefix_BPC.dtype)
+        first_B, caches = self._prefix_cache(network, prefix_BPC, prefix_valid_BP, total)
         valid_BX = jnp.zeros((batch, total), bool).at[:, :prefix].set(prefix_valid_BP)
-        prefix_mask_BPX = (
-            jnp.zeros((batch, prefix, total), bool)
-            .at[:, :, :prefix]
-            .set(prefix_lm_mask(prefix_valid_BP, jnp.zeros((batch, prefix), jnp.int32)))
-        )
-        hidden_BPC, caches = language(prefix_BPC, jnp.cumsum(prefix_valid_BP, axis=1), prefix_mask_BPX, caches, 0)
-        first_B = self.greedy_action_token(language.embed_tokens.attend(hidden_BPC[:, -1]))
         tokens_BS = jnp.zeros((batch, num_tokens), jnp.int32).at[:, 0].set(first_B)
         count_B = prefix_valid_BP.sum(axis=1)
 
@@ -265,24 +399,76 @@ class TokenActions(VLAActions):
         tokens_BS, _, _ = jax.lax.fori_loop(1, num_tokens, step, (tokens_BS, valid_BX, caches))
         return tokens_BS
 
+    def jacobi_decode(self, network, prefix_BPC, prefix_valid_BP, use_cache: bool = True):
+        """(the greedy action token ids [B, S], backbone forward passes int32 []) by Jacobi
+        iterations from a guess of the first action id everywhere. With the cache, the prefix runs
+        once (one pass, which also fixes token 0) and each iteration runs the S - 1 input tokens on
+        it; without it each iteration reruns the whole sequence."""
+        language = network.backbone.language_model
+        batch, prefix = prefix_valid_BP.shape
+        num_tokens = self.num_action_tokens
+        guess_BS = jnp.full((batch, num_tokens), self.first_action_id(), jnp.int32)
+        if use_cache:
+            total = prefix + num_tokens - 1
+            first_B, caches = self._prefix_cache(network, prefix_BPC, prefix_valid_BP, total)
+            guess_BS = guess_BS.at[:, 0].set(first_B)
+            count_B = prefix_valid_BP.sum(axis=1)
+            positions_BS = count_B[:, None] + 1 + jnp.arange(num_tokens - 1)[None]
+            causal_SS = jnp.tril(jnp.ones((num_tokens - 1, num_tokens - 1), bool))
+            mask_BSX = jnp.concatenate(
+                [
+                    jnp.broadcast_to(prefix_valid_BP[:, None, :], (batch, num_tokens - 1, prefix)),
+                    jnp.broadcast_to(causal_SS, (batch, num_tokens - 1, num_tokens - 1)),
+                ],
+                axis=2,
+            )
+
+            def predict(guess_BS):
+                inputs_BSC = language.embed(guess_BS[:, :-1]).astype(prefix_BPC.dtype)
+                hidden_BSC, _ = language(inputs_BSC, positions_BS, mask_BSX, caches, prefix)
+                rest_BS = self.greedy_action_token(language.embed_tokens.attend(hidden_BSC))
+                return jnp.concatenate([first_B[:, None], rest_BS], axis=1)
+
+            passes, max_iterations = 1, num_tokens - 1
+        else:
+
+            def predict(guess_BS):
+                return self.greedy_action_token(self.token_logits(network, prefix_BPC, prefix_valid_BP, guess_BS))
+
+            passes, max_iterations = 0, num_tokens
+
+        def body(state):
+            guess_BS, _, iterations = state
+            new_BS = predict(guess_BS)
+            return new_BS, jnp.all(new_BS == guess_BS), iterations + 1
+
+        def unfinished(state):
+            _, converged, iterations = state
+            return ~converged & (iterations < max_iterations)
+
+        tokens_BS, _, iterations = jax.lax.while_loop(unfinished, body, (guess_BS, jnp.asarray(False), 0))
+        return tokens_BS, passes + iterations
+
     def init_outputs(self, network, observation, task):
         prefix_BPC, valid_BP = self.token_prefix(network, observation, task)
         return self.token_logits(network, prefix_BPC, valid_BP, jnp.zeros((prefix_BPC.shape[0], 2), jnp.int32))
 
-    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng):
-        del rng  # teacher forcing is deterministic
+    def loss(self, network, observation, task, actions_BHA, valid_BHA, rng, train):
+        del rng, train  # teacher forcing is deterministic; no dropout
         targets_BS, mask_BS = self.targets(actions_BHA, valid_BHA)
         prefix_BPC, prefix_valid_BP = self.token_prefix(network, observation, task)
-        logits_BSV = self.token_logits(network, prefix_BPC, prefix_valid_BP, targets_BS).astype(jnp.float32)
-        log_probs_BS = jnp.take_along_axis(jax.nn.log_softmax(logits_BSV), targets_BS[..., None], axis=-1)[..., 0]
-        count = jnp.maximum(mask_BS.sum(), 1)
-        loss = -jnp.where(mask_BS, log_probs_BS, 0.0).sum() / count
-        accuracy = jnp.where(mask_BS, jnp.argmax(logits_BSV, axis=-1) == targets_BS, False).sum() / count
-        return loss, {"action_token_loss": loss, "action_token_accuracy": accuracy}
+        logits_BSV = self.token_logits(network, prefix_BPC, prefix_valid_BP, targets_BS)
+        return token_cross_entropy(logits_BSV, targets_BS, mask_BS)
 
-    def sample(self, network, observation, task, rng, use_cache: bool = True):
+    def sample(self, network, observation, task, rng, use_cache: bool = True, decoding: str = "greedy"):
         del rng  # greedy decoding
-        tokens_BS = self.decode(network, *self.token_prefix(network, observation, task), use_cache=use_cache)
+        if decoding not in DECODINGS:
+            raise InputError(f"decoding='{decoding}'; expected one of {', '.join(DECODINGS)}")
+        prefix_BPC, prefix_valid_BP = self.token_prefix(network, observation, task)
+        if decoding == "jacobi":
+            tokens_BS, _ = self.jacobi_decode(network, prefix_BPC, prefix_valid_BP, use_cache)
+        else:
+            tokens_BS = self.decode(network, prefix_BPC, prefix_valid_BP, use_cache)
         return self.chunks_from_tokens(tokens_BS)
 
 
@@ -354,6 +540,3 @@ class FASTActions(TokenActions):
 
     def sample_metrics(self, valid_B):
         return {"action_fast_invalid_fraction": 1.0 - valid_B.mean()}
-
-
-VLA_ACTIONS: dict[str, type[VLAActions]] = {"bins": BinActions, "fast": FASTActions, "flow": FlowActions}

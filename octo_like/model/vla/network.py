@@ -48,7 +48,8 @@ import jax.numpy as jnp
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GEMMA_SIZES, GemmaConfig
 from octo_like.model.vision.siglip import SIGLIP_SIZES, SiglipVisionConfig
-from octo_like.model.vla.actions import VLA_ACTIONS, VLAActions
+from octo_like.model.vla.actions import VLAActions
+from octo_like.model.vla.kinds import VLA_ACTIONS
 from octo_like.model.vla.paligemma import PaliGemma, PaliGemmaConfig
 from octo_like.utils.errors import InputError
 
@@ -77,6 +78,21 @@ VLA_SIZES = {
         image_token_id=257152,
     ),
 }
+# Every kind's settings, filled in when a config (or an older release) leaves them out.
+VLA_ACTION_DEFAULTS = {
+    "n_bins": 256,  # bins, parallel_bins: uniform bins over [-1, 1]
+    "fast_tokenizer": None,  # fast, and flow with knowledge insulation: a scripts/fit_fast.py directory
+    "max_action_tokens": 32,  # fast: tokens per chunk, end-of-actions included
+    "expert": {"hidden_size": 64, "intermediate_size": 256},  # flow, cross_bridge: the expert's width
+    "time_conditioning": "concat",  # flow: pi0's time in the action tokens, or "adarms" (pi0.5)
+    "knowledge_insulation": False,  # flow: pi0.5 + KI (FAST tokens train the backbone, flow the expert)
+    "token_loss_weight": 1.0,  # flow with knowledge insulation
+    "flow_loss_weight": 1.0,  # flow with knowledge insulation
+    "head": None,  # parallel_l1, token_bridge, pool_bridge: {"name": a from-scratch head, **its fields}
+    "bridge_tokens": 1,  # token_bridge: learned <ACT> tokens
+    "pooling": "mean",  # pool_bridge: "mean" | "max" | "attention"
+    "backbone_layers": None,  # bridges: run only the first N backbone layers (None: all)
+}
 # pi0's action expert is Gemma-300M: width 1024, MLP 4096, the 2B's attention geometry.
 EXPERT_3B = {"hidden_size": 1024, "intermediate_size": 4096}
 
@@ -93,7 +109,7 @@ def paligemma_config_from_dict(values: Mapping, where: str) -> PaliGemmaConfig:
 
 
 class VLANetwork(nn.Module):
-    """PaliGemma plus an action representation (`vla_actions.VLA_ACTIONS[action["kind"]]`); the
+    """PaliGemma plus an action representation (`kinds.VLA_ACTIONS[action["kind"]]`); the
     methods are PolicyNetwork's."""
 
     backbone_config: PaliGemmaConfig
@@ -159,7 +175,7 @@ class VLANetwork(nn.Module):
 
     def loss(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng, train: bool):
         valid_BHA = action_pad_mask_BTHA[:, -1] & observation["timestep_pad_mask"][:, -1, None, None]
-        return self.actions.loss(self, observation, task, actions_BTHA[:, -1], valid_BHA, rng)
+        return self.actions.loss(self, observation, task, actions_BTHA[:, -1], valid_BHA, rng, train)
 
     def action_mse(self, observation, task, actions_BTHA, action_pad_mask_BTHA, *, rng):
         predicted_BHA, valid_B = self.actions.sample(self, observation, task, rng)
@@ -180,7 +196,7 @@ class VLANetwork(nn.Module):
 def make_vla_network(vla: Mapping) -> VLANetwork:
     """`vla` as `octo_like.policy.build.resolve_vla_config` returns it."""
     backbone = paligemma_config_from_dict(vla["backbone"]["config"], "model.vla.backbone.config")
-    action = dict(vla["action"])
+    action = {**VLA_ACTION_DEFAULTS, **vla["action"]}
     if action["kind"] not in VLA_ACTIONS:
         raise InputError(f"model.vla.action.kind='{action['kind']}'; expected one of {', '.join(VLA_ACTIONS)}")
     actions = VLA_ACTIONS[action["kind"]](action, backbone)

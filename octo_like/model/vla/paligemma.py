@@ -42,6 +42,14 @@ def prefix_lm_mask(attention_mask_BL: jax.Array, token_type_ids_BL: jax.Array | 
     return mask_BLL | (prefix_BL[:, :, None] & prefix_BL[:, None, :] & attention_mask_BL.astype(bool)[:, None, :])
 
 
+def block_mask(attention_mask_BL: jax.Array, blocks_BL: jax.Array) -> jax.Array:
+    """bool [B, L, L]: a token attends every valid token of its own block and of the blocks before
+    (Octo's block-wise attention): bidirectional within a block, so that appended query tokens (action
+    slots, bridge tokens) see each other while the prefix never sees them."""
+    seen_BLL = blocks_BL[:, None, :] <= blocks_BL[:, :, None]
+    return seen_BLL & attention_mask_BL.astype(bool)[:, None, :]
+
+
 class MultiModalProjector(nn.Module):
     width: int
 
