@@ -291,8 +291,10 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     trained = sum(x.size for x, is_frozen in zip(leaves, frozen_leaves) if not is_frozen)
     result = {
         "benchmark": "train",
-        "heads": sorted(config["model"]["heads"]),
-        "transformer": config["model"]["transformer"],
+        # The from-scratch family names heads and a transformer; the VLA family an action kind.
+        "heads": sorted(config["model"].get("heads") or {}),
+        "transformer": config["model"].get("transformer"),
+        "vla_action": (config["model"].get("vla") or {}).get("action", {}).get("kind"),
         "batch_size": batch_size,
         "device": str(device),
         "device_kind": device.device_kind,

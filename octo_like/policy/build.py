@@ -15,8 +15,8 @@ The `model` section of an experiment config:
     heads:                  {name: spec}   e.g. head_spec("diffusion", action_dim=4); the chunk length
                             (action_horizon) is the data's unless given (`with_action_horizon`)
     vla:                    None, or the VLA family's section (octo_like/model/vla/network.py): backbone
-                            {checkpoint, size, config}, action {kind: bins|fast|flow, horizon (the
-                            data's when None), action_dim, ...}, lora {rank, alpha, targets} or None
+                            {checkpoint, size, config}, action {kind: a key of VLA_ACTIONS, horizon
+                            (the data's when None), action_dim, ...}, lora {rank, alpha, targets} or None
 
 The MiniLM (`language.encoder="minilm"`, default) loads from `language.checkpoint`, else the
 installed all-MiniLM-L6-v2. The CLIP comes from `clip.checkpoint` (a transformers CLIPModel

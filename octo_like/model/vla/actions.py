@@ -1,5 +1,6 @@
-"""What turns the VLA backbone's states into action chunks: one class per `model.vla.action.kind`
-behind one declared interface (`VLAActions`), so that VLANetwork holds no per-kind branches.
+"""What turns the VLA backbone's states into action chunks: the declared interface (`VLAActions`,
+one class per `model.vla.action.kind`, registered in kinds.py, so that VLANetwork holds no per-kind
+branches), the helpers every kind reads the backbone with, and the kinds of this module.
 
 Axis letters: B batch, P prefix tokens, S action tokens, C backbone width, H horizon,
 A action dimensions, V vocabulary.
@@ -7,16 +8,18 @@ A action dimensions, V vocabulary.
 The classes are stateless strategies over the network. `add_modules(network)`, called in the
 network's `setup`, creates the parameters a kind needs on the network itself, so that parameter
 paths stay where releases and sharding rules expect them: `flow/...` (the action expert) for
-`flow`, `proprio_in/...` and `action_start` for the token kinds.
+`flow`, `proprio_in/...` and `action_start` for the token kinds. Whatever a kind caches between
+the backbone and its denoising or decoding steps stays inside its `sample`.
 
 - `BinActions` (RT-2 / OpenVLA): H * A tokens, the last `n_bins` vocabulary ids.
 - `FASTActions` (pi0-FAST): the `vocab - 1 - F + k` ids of a BPE of F tokens over the chunk's
   DCT, then the end id `vocab - 1`. The BPE runs on the host (`jax.pure_callback`).
-- `FlowActions` (pi0): a flow-matching action expert attending jointly with the backbone.
+- `FlowActions` (pi0): a flow-matching action expert attending jointly with the backbone, with
+  knowledge insulation as an option.
 
-Both token kinds decode greedily with a KV cache, restricted to the action ids, so decoding
-always yields a chunk; their loss is cross-entropy over the whole vocabulary on the action tokens
-only (as a fine-tuned VLM's head), teacher forced.
+Both token kinds decode greedily with a KV cache (or by Jacobi iterations), restricted to the
+action ids, so decoding always yields a chunk; their loss is cross-entropy over the whole
+vocabulary on the action tokens only (as a fine-tuned VLM's head), teacher forced.
 """
 
 import abc

@@ -1,4 +1,5 @@
-"""The VLM-initialized policy: a PaliGemma backbone with discrete action tokens or a pi0-style flow expert.
+"""The VLM-initialized policy: a PaliGemma backbone and one of the ways to turn its states into
+action chunks (`kinds.VLA_ACTIONS`, each behind `actions.VLAActions`).
 
 Axis letters: B batch, T window, P prefix tokens, S action tokens, C backbone width, H horizon,
 A action dimensions, V vocabulary.
@@ -9,30 +10,23 @@ A action dimensions, V vocabulary.
         a PaliGemmaForConditionalGeneration directory (architecture and weights), else a randomly
         initialized preset of VLA_SIZES; `octo_like.policy.build.resolve_vla_config` writes the
         architecture into `config` so that a release rebuilds it without the checkpoint.
-    action: {"kind": "bins" | "fast" | "flow", "horizon": 4, "action_dim": 4,
-             "n_bins": 256,                      bins: RT-2 / OpenVLA uniform bins over [-1, 1]
-             "fast_tokenizer": None,             fast: a directory written by scripts/fit_fast.py
-             "max_action_tokens": 32,            fast: tokens per chunk, end-of-actions included
-             "expert": {"hidden_size": 64, "intermediate_size": 256},   flow: the expert's width
-             "time_conditioning": "concat"}      flow: pi0's time in the action tokens, or "adarms"
-                                                 (pi0.5: the time modulates the expert's norms)
+    action: {"kind": a key of kinds.VLA_ACTIONS, "horizon": 4, "action_dim": 4,
+             **the kind's settings: VLA_ACTION_DEFAULTS below, one comment each}
     lora: None or {"rank": 16, "alpha": 16.0, "targets": GEMMA_LORA_TARGETS}
 
 The prefix is, in order: every camera's image tokens for every step of the window (SigLIP, then
 the projector; steps before the episode start are masked), then the instruction's token
 embeddings (padding masked). It attends bidirectionally; positions count its valid tokens.
 
-Discrete tokens: the prefix ends with a proprio token (a Dense of the last step's proprio, when
-the observation has one) and a learned start token; the action tokens follow causally, teacher
-forced. The loss is cross-entropy on the action tokens only, over the whole vocabulary (as a
-fine-tuned VLM's head); decoding is greedy with a KV cache and restricted to the action ids, so
-it always yields a chunk. Bins are the last `n_bins` vocabulary ids; FAST tokens are the
-`vocab - 1 - F + k` ids of a BPE of F tokens, and id `vocab - 1` ends a chunk. FAST's BPE runs on
-the host (`jax.pure_callback`) in the loss and at decoding; a sequence that does not spell a
-chunk decodes to zeros (the normalized mean action) and is counted in `fast_invalid_fraction`.
-
-Flow: the action expert (`action_expert.PrefixWithExpert`) takes the proprio and the noisy chunk
-as its suffix; sampling computes the prefix KV cache once, then runs `num_steps` Euler steps.
+The kinds (the module docstrings say how each reads the prefix):
+- `bins`, `fast` (actions.py): action tokens decoded by the backbone, greedily on a KV cache or
+  by Jacobi iterations (PD-VLA), teacher-forced cross-entropy;
+- `parallel_l1`, `parallel_bins` (parallel.py): OpenVLA-OFT's empty action slots, one forward;
+- `token_bridge`, `pool_bridge` (bridges.py): CogACT's <ACT> tokens or DexVLA's pooled states
+  condition a from-scratch head (diffusion, flow, L1) that denoises on them alone;
+- `cross_bridge` (cross_expert.py): SmolVLA's expert cross-attending the backbone's states;
+- `flow` (actions.py, action_expert.py): pi0's expert attending jointly with the prefix in every
+  layer (adaRMS: pi0.5; knowledge insulation: pi0.5 + KI).
 
 Only the last step of the window is predicted: actions [B, 1, H, A], as the policy's
 `sample_actions` reads them.
