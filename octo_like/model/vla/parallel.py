@@ -52,20 +52,20 @@ class ParallelBinActions(VLAActions):
         network.proprio_in = nn.Dense(self.backbone_config.text.hidden_size)
         add_action_slots(self, network)
 
-    def logits(self, network, observation, task) -> jax.Array:
-        """[B, S, V]: one forward of prefix, proprio token and slots."""
-        states_BSC = query_states(network, observation, task, network.action_slots)
-        return network.backbone.language_model.embed_tokens.attend(states_BSC)
+    def slot_states(self, network, observation, task) -> jax.Array:
+        """[B, S, C]: one forward of prefix, proprio token and slots."""
+        return query_states(network, observation, task, network.action_slots)
 
     def init_outputs(self, network, observation, task):
-        return self.logits(network, observation, task)
+        return network.backbone.language_model.embed_tokens.attend(self.slot_states(network, observation, task))
 
     def loss(self, network, observation, task, actions_BHA, valid_BHA, rng, train):
         del rng, train  # deterministic; no dropout
         targets_BS, mask_BS = self.bins.targets(actions_BHA, valid_BHA)
-        return token_cross_entropy(self.logits(network, observation, task), targets_BS, mask_BS)
+        logits_BSV = network.backbone.language_model.embed_tokens.attend(self.slot_states(network, observation, task))
+        return token_cross_entropy(logits_BSV, targets_BS, mask_BS)
 
     def sample(self, network, observation, task, rng):
         del rng  # the most likely bin of every slot
-        tokens_BS = self.bins.greedy_action_token(self.logits(network, observation, task))
+        tokens_BS = self.bins.greedy_action_token(network, self.slot_states(network, observation, task))
         return self.bins.chunks_from_tokens(tokens_BS)
