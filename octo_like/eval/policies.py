@@ -135,6 +135,7 @@ class CheckpointPolicy:
             )
         self.statistics = model.dataset_statistics[self.dataset_name]
         self._task = None
+        self.sampling = {}  # options of `sample_actions` (e.g. Euler steps), the same for every call
 
     def check_fits(self, env_cameras: Sequence[str], action_dim: int) -> None:
         """One clear error when the environment cannot feed this checkpoint or run its actions."""
@@ -178,14 +179,20 @@ class CheckpointPolicy:
         return observation
 
     def __call__(self, observation_window, rng):
+        return self.sample(observation_window, int(rng.integers(2**31)))
+
+    def sample(self, observation_window, seed: int, task: Mapping | None = None) -> np.ndarray:
+        """The unnormalized chunk [H, A] for `task` (default: the episode's, from `reset`) with the
+        sampling key of `seed`: what `__call__` draws from its generator, and what a client of the
+        policy server sends, so both give the same actions."""
         import jax
 
-        key = jax.random.key(int(rng.integers(2**31)))
         actions_BHA = self.model.sample_actions(
             self.model_observation(observation_window),
-            self._task,
-            rng=key,
+            self._task if task is None else task,
+            rng=jax.random.key(seed),
             unnormalization_statistics=self.statistics["action"],
+            **self.sampling,
         )
         return np.asarray(actions_BHA[0], np.float32)
 

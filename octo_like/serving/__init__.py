@@ -1,0 +1,1 @@
+"""Serving a release over the network: openpi's websocket + msgpack protocol (server, codec, client)."""
