@@ -22,6 +22,8 @@ on (read from the release), a served policy's the largest of its observation spe
 server's metadata), the scripted and random policies' 128. `--policy=remote` asks a policy server
 (scripts/serve_policy.py) for every chunk, each evaluation worker over its own connection; with the
 same settings it gives the same episodes as `--policy=checkpoint` on the served release.
+`--async_overlap=K` runs it asynchronously (LeRobot's async inference: the next chunk is requested
+when K actions of the current one are left, and executed without the ones already taken).
 """
 
 import dataclasses
@@ -42,7 +44,7 @@ from octo_like.eval.report import markdown_table, plot_success_rates, summarize,
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.policy.registry import read_release_config
 from octo_like.policy.release import check_release
-from octo_like.serving.client import RemotePolicy
+from octo_like.serving.client import AsyncRemotePolicy, RemotePolicy
 from octo_like.serving.server import API_KEY_VARIABLE
 from octo_like.utils import spec
 from octo_like.utils.cli import run_config_cli
@@ -53,6 +55,12 @@ _POLICY = flags.DEFINE_enum(
     "policy", "scripted", ["scripted", "random", "checkpoint", "remote"], "Which policy to run."
 )
 _ADDRESS = flags.DEFINE_string("address", None, "--policy=remote: the policy server, ws://HOST:PORT.")
+_ASYNC_OVERLAP = flags.DEFINE_integer(
+    "async_overlap",
+    None,
+    "--policy=remote: asynchronous inference, requesting the next chunk when this many actions are left "
+    "(default: synchronous, one chunk at a time).",
+)
 _API_KEY = flags.DEFINE_string(
     "api_key", None, "--policy=remote: the server's API key (default: the OCTO_LIKE_API_KEY environment variable)."
 )
@@ -123,7 +131,10 @@ def policy_spec() -> dict:
     if _POLICY.value == "remote":
         if not _ADDRESS.value:
             raise InputError("--policy=remote needs --address=ws://HOST:PORT (scripts/serve_policy.py serves one)")
-        return spec.create(RemotePolicy, _ADDRESS.value, api_key=_API_KEY.value or os.environ.get(API_KEY_VARIABLE))
+        api_key = _API_KEY.value or os.environ.get(API_KEY_VARIABLE)
+        if _ASYNC_OVERLAP.value is not None:
+            return spec.create(AsyncRemotePolicy, _ADDRESS.value, api_key=api_key, overlap=_ASYNC_OVERLAP.value)
+        return spec.create(RemotePolicy, _ADDRESS.value, api_key=api_key)
     return spec.create(ScriptedPolicy if _POLICY.value == "scripted" else RandomPolicy)
 
 

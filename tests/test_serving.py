@@ -26,10 +26,11 @@ from websockets.exceptions import InvalidStatus
 from octo_like.eval.policies import load_checkpoint_policy
 from octo_like.eval.rollout import EvalSettings, evaluate
 from octo_like.policy.model import PolicyModel
-from octo_like.serving.client import RemotePolicy
+from octo_like.serving.client import AsyncRemotePolicy, RemotePolicy
 from octo_like.serving.codec import CodecError, packb, unpackb
 from octo_like.serving.server import PolicyServer, ServedPolicy
 from octo_like.utils import spec
+from octo_like.utils.errors import InputError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -260,3 +261,22 @@ def test_the_evaluation_through_the_server_takes_the_in_process_episodes(release
         )
         # Every rendered frame equal: the same actions at every step.
         np.testing.assert_array_equal(np.stack(here.frames), np.stack(there.frames))
+
+
+def test_async_inference_executes_every_step_and_requests_ahead_of_the_queue(served):
+    with serving(served) as server:
+        policy = AsyncRemotePolicy(f"ws://127.0.0.1:{server.port}", overlap=1)
+        assert policy.action_horizon == 1 and policy.window_size == 1
+        policy.reset("reach", "reach the goal")
+        request = observation(served)
+        window = {key: value for key, value in request.items() if key.startswith("image_")}
+        window.update(proprio=request["proprio"], timestep_pad_mask=np.ones(1, bool), timestep=np.zeros(1, np.int32))
+        rng = np.random.default_rng(0)
+        actions = [policy(window, rng) for _ in range(12)]
+        assert all(action.shape == (1, 4) and action.dtype == np.float32 for action in actions)
+        # With a 4-action chunk and the next requested when 1 is left, a chunk covers at most 3
+        # steps once the first arrived: at least 4 requests for 12 steps, at most one per step.
+        assert 4 <= policy.requests <= 12
+        with pytest.raises(InputError, match="overlap=4; expected 0 .. 3"):
+            AsyncRemotePolicy(f"ws://127.0.0.1:{server.port}", overlap=4)
+        policy.close()

@@ -79,3 +79,71 @@ class RemotePolicy:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class AsyncRemotePolicy:
+    """LeRobot's asynchronous inference over a RemotePolicy: actions are returned one per call
+    (`action_horizon` 1), from a queue holding the rest of the last chunk; when `overlap` or fewer
+    actions are left, the next chunk is requested for the current observation in the background,
+    so the robot keeps executing while the server computes. A chunk that arrives after k further
+    actions were executed drops its first k (they were meant for steps already taken). With
+    `overlap=0` the next request goes out only when the queue is empty: synchronous, one chunk at a
+    time. Timing decides which chunk an action comes from, so episodes are not reproducible.
+    """
+
+    action_horizon = 1
+
+    def __init__(self, address: str, api_key: str | None = None, overlap: int = 1):
+        import concurrent.futures
+
+        self.remote = RemotePolicy(address, api_key)
+        if not 0 <= overlap < self.remote.action_horizon:
+            raise InputError(
+                f"overlap={overlap}; expected 0 .. {self.remote.action_horizon - 1} (the chunk is shorter)"
+            )
+        self.overlap = overlap
+        self.window_size, self.cameras, self.action_dim = (
+            self.remote.window_size,
+            self.remote.cameras,
+            self.remote.action_dim,
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._queue, self._pending, self._executed_since_request = [], None, 0
+        self.requests = 0
+
+    def check_fits(self, env_cameras, action_dim: int) -> None:
+        self.remote.check_fits(env_cameras, action_dim)
+
+    def reset(self, task: str, instruction: str) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._queue, self._pending, self._executed_since_request = [], None, 0
+        self.remote.reset(task, instruction)
+
+    def _take_arrived_chunk(self, wait: bool) -> None:
+        if self._pending is None or not (wait or self._pending.done()):
+            return
+        chunk_HA = self._pending.result()
+        self._queue = list(chunk_HA[self._executed_since_request :])
+        self._pending = None
+
+    def _request(self, observation_window, rng) -> None:
+        request = self.remote.request(observation_window, int(rng.integers(2**31)))
+        self._pending = self._executor.submit(lambda: np.asarray(self.remote.infer(request)["actions"], np.float32))
+        self._executed_since_request = 0
+        self.requests += 1
+
+    def __call__(self, observation_window, rng):
+        self._take_arrived_chunk(wait=False)
+        if self._pending is None and len(self._queue) <= self.overlap:
+            self._request(observation_window, rng)
+        while not self._queue:  # nothing left to execute: wait (and ask again if the chunk came too late)
+            if self._pending is None:
+                self._request(observation_window, rng)
+            self._take_arrived_chunk(wait=True)
+        self._executed_since_request += 1
+        return self._queue.pop(0)[None]
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self.remote.close()
