@@ -101,7 +101,11 @@ _PROMPT_LENGTH = flags.DEFINE_integer(
 )
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 8, "decode: greedy tokens per call (e.g. one action chunk of bins).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "decode: parameter and compute dtype (float32 or bfloat16).")
-_EULER_STEPS = flags.DEFINE_integer("euler_steps", 10, "infer of a vla_flow config: Euler steps per action chunk.")
+_EULER_STEPS = flags.DEFINE_integer(
+    "euler_steps",
+    None,
+    "infer of a VLA config: Euler (or DDIM) steps per action chunk (default: the kind's own, e.g. 10 for flow).",
+)
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint", None, "serve: the release (run directory) to serve.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "checkpoint: timed saves and loads per variant, after one warm-up.")
 BENCHMARKS = ("data", "env", "train", "infer", "scale", "decode", "checkpoint", "serve")
@@ -469,7 +473,7 @@ def _latency_ms(call, seconds: float) -> dict:
     }
 
 
-def _vla_chunk_latencies(config: dict, euler_steps: int, seconds: float) -> tuple[dict, dict]:
+def _vla_chunk_latencies(config: dict, euler_steps: int | None, seconds: float) -> tuple[dict, dict]:
     """(a VLA config's settings, its chunk latencies by variant): the default sampling on the cache;
     without the cache (the prefix, or the whole sequence, rerun at every Euler step or token) where
     the kind has one; for action tokens also Jacobi decoding with its backbone forward passes."""
@@ -481,7 +485,8 @@ def _vla_chunk_latencies(config: dict, euler_steps: int, seconds: float) -> tupl
     task = model.create_tasks(texts=["open the drawer"])
     vla = model.config["model"]["vla"]
     actions = model.module.actions
-    sampling = {"num_steps": euler_steps} if "num_steps" in actions.sampling_options else {}
+    given = euler_steps is not None and "num_steps" in actions.sampling_options
+    sampling = {"num_steps": euler_steps} if given else {}
     variants = {"with_cache": sampling}
     if "use_cache" in actions.sampling_options:
         variants["without_cache"] = {**sampling, "use_cache": False}
@@ -524,7 +529,7 @@ def _vla_chunk_latencies(config: dict, euler_steps: int, seconds: float) -> tupl
     return settings, latencies
 
 
-def bench_infer_vla(config: dict, baseline_config: dict | None, euler_steps: int, seconds: float) -> dict:
+def bench_infer_vla(config: dict, baseline_config: dict | None, euler_steps: int | None, seconds: float) -> dict:
     """A VLA config's chunk latencies (`_vla_chunk_latencies`) side by side, their ratios to the
     cached default, and with `baseline_config` the baseline's default chunk latency and the ratio."""
     import jax
@@ -698,7 +703,7 @@ def main(argv):
     elif argv[1] == "scale":
         result = bench_scale(_CONFIG.value.to_dict(), [int(size) for size in _FSDP_SIZES.value], _SECONDS.value)
     elif argv[1] == "infer":
-        if _EULER_STEPS.value < 1:  # before the data and the model are built
+        if _EULER_STEPS.value is not None and _EULER_STEPS.value < 1:  # before the data and the model are built
             raise InputError(f"--euler_steps={_EULER_STEPS.value}; expected a positive number of Euler steps")
         config = _CONFIG.value.to_dict()
         if config["model"].get("vla") is not None:

@@ -33,6 +33,7 @@ LONG_FILES = (  # longest first, as measured on 2 cores
     "test_train_scripts.py",
     "test_distributed.py",
     "test_vla.py",
+    "test_vla_kinds.py",
     "test_bench_model.py",
     "test_notebooks.py",
     "test_run_guards.py",

@@ -247,10 +247,20 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
     ):
         finish_saves.callback(manager.wait_until_finished)
         preempted = False
+        loop_start = time.perf_counter()
         for step in progress:
             batch = example_batch if step == 0 else next(train_batches)
             state, metrics = train_step(state, shard_batch(batch, mesh))
             window_steps += 1
+            if step == start_step and primary:
+                # What a user waits for before training runs: tracing and compilation (or loading
+                # them from the persistent cache) and the first step itself.
+                jax.block_until_ready(state)
+                cache = jax.config.jax_compilation_cache_dir or "off"
+                progress.write(
+                    f"first step: {time.perf_counter() - loop_start:.1f} s (compilation included; "
+                    f"compilation cache: {cache})"
+                )
             if (step + 1) % config["log_interval"] == 0:
                 metrics = jax.device_get(metrics)
                 check_finite_metrics(step + 1, metrics, batch)

@@ -1,4 +1,6 @@
-"""How every command-line entry point runs: quiet logs, bad input as one `error:` line, Ctrl-C as one line.
+"""How every command-line entry point runs: quiet logs, the persistent compilation cache
+(octo_like/utils/compilation_cache.py, `--compilation_cache`), bad input as one `error:` line,
+Ctrl-C as one line.
 
     if __name__ == "__main__":
         run_cli(main)          # in place of absl.app.run(main)
@@ -16,8 +18,16 @@ from collections.abc import Callable
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
+from octo_like.utils.compilation_cache import OFF, enable_compilation_cache
 from octo_like.utils.config import check_override_keys, config_arg_from_argv, load_config, override_keys_from_argv
 from octo_like.utils.errors import InputError
+
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    f"Persistent JAX compilation cache directory, or '{OFF}' (default: $OCTO_LIKE_COMPILATION_CACHE, "
+    "else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/octo_like/jax).",
+)
 
 USAGE_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
@@ -54,6 +64,8 @@ def run_cli(main: Callable[[list[str]], object], interrupted_line: str = "interr
         # unless --verbosity is given.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        # A second run of the same program loads its executables instead of compiling them.
+        enable_compilation_cache(_COMPILATION_CACHE.value)
         try:
             return main(argv)
         except InputError as error:
