@@ -179,10 +179,12 @@ def test_layer_skipping_creates_only_the_layers_it_runs_also_from_a_checkpoint(t
         "vla_bridge.py:token,pod",
         "vla_bridge.py:pool,pooling=attention,pod",
         "vla_bridge.py:cross,layers=9,pod",
+        "vla_flow.py:ki,pod",
     ],
 )
-def test_the_3b_rules_leave_no_large_array_of_the_new_kinds_replicated(config_arg):
+def test_the_3b_rules_leave_no_large_array_of_the_new_kinds_replicated(config_arg, fast_dir):
     config = load_config(os.path.join(CONFIGS, config_arg)).to_dict()
+    config["model"]["vla"]["action"]["fast_tokenizer"] = fast_dir  # read by knowledge insulation only
     model_config = with_action_horizon(config["model"], config["dataset"]["traj_transform_kwargs"]["action_horizon"])
     network = make_vla_network(resolve_vla_config(model_config["vla"]))
     batch = jax.tree_util.tree_map(
