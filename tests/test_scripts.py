@@ -83,7 +83,8 @@ def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
     ]
     result = run_script("scripts/bench.py", "flow")  # removed: bench.py infer of vla_flow.py times the expert
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: expected one benchmark name, one of: data, env, train, infer, scale, decode, checkpoint; got ['flow']"
+        "error: expected one benchmark name, one of: data, env, train, infer, scale, decode, checkpoint, serve; "
+        "got ['flow']"
     ]
     result = run_script("scripts/bench.py", "infer", "--config=experiments/configs/vla_flow.py", "--euler_steps=0")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
@@ -92,3 +93,27 @@ def test_vlm_benchmarks_and_the_fast_fit_reject_bad_flags_in_one_line():
     result = run_script("scripts/fit_fast.py", f"--config={CONFIG}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --config and --output_dir are required"]
+
+
+def test_serving_commands_reject_bad_flags_in_one_line(tmp_path):
+    for script, args, line in (
+        ("scripts/serve_policy.py", [], "error: --checkpoint=RUN_DIR is required"),
+        ("scripts/bench.py", ["serve"], "error: serve needs --checkpoint=RUN_DIR (a release)"),
+        (
+            "scripts/evaluate.py",
+            ["--policy=remote", f"--output_dir={tmp_path}"],
+            "error: --policy=remote needs --address=ws://HOST:PORT (scripts/serve_policy.py serves one)",
+        ),
+    ):
+        result = run_script(script, *args)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [line], (script, result.stderr)
+    # Nothing listens on port 1: one line naming the address.
+    result = run_script(
+        "scripts/evaluate.py", "--policy=remote", "--address=ws://127.0.0.1:1", f"--output_dir={tmp_path}"
+    )
+    lines = result.stderr.strip().splitlines()
+    assert (
+        result.returncode == 2
+        and len(lines) == 1
+        and lines[0].startswith("error: no policy server at ws://127.0.0.1:1")
+    )

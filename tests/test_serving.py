@@ -280,3 +280,17 @@ def test_async_inference_executes_every_step_and_requests_ahead_of_the_queue(ser
         with pytest.raises(InputError, match="overlap=4; expected 0 .. 3"):
             AsyncRemotePolicy(f"ws://127.0.0.1:{server.port}", overlap=4)
         policy.close()
+
+
+def test_serve_policy_refuses_an_exec_horizon_longer_than_the_chunk(release):
+    result = subprocess.run(
+        [sys.executable, "scripts/serve_policy.py", f"--checkpoint={release}", "--exec_horizon=9"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --exec_horizon: exec_horizon=9; expected 1 .. the chunk's 4 actions"
+    ]
