@@ -127,6 +127,14 @@ class VLAActions(abc.ABC):
         return {}
 
 
+def backbone_layers_error(actions: VLAActions) -> str | None:
+    """Why `model.vla.action.backbone_layers` (layer skipping) does not fit the backbone, or None."""
+    layers, total = actions.action["backbone_layers"], actions.backbone_config.text.num_layers
+    if layers is not None and not 1 <= layers <= total:
+        return f"model.vla.action.backbone_layers={layers}; expected 1 .. the backbone's {total} layers"
+    return None
+
+
 def proprio_tokens(network: nn.Module, observation, like_BPC: jax.Array) -> jax.Array:
     """[B, 1, C]: `network.proprio_in` of the last step's proprio, or [B, 0, C] when the observation has none."""
     if "proprio" not in observation:
@@ -189,7 +197,7 @@ class FlowActions(VLAActions):
 
     @property
     def insulated(self) -> bool:
-        return bool(self.action.get("knowledge_insulation", False))
+        return bool(self.action["knowledge_insulation"])
 
     @property
     def insulating_tokens(self) -> "FASTActions":
@@ -200,7 +208,7 @@ class FlowActions(VLAActions):
         return dataclasses.replace(self.backbone_config.text, **self.action["expert"])
 
     def check(self):
-        if self.insulated and not self.action.get("fast_tokenizer"):
+        if self.insulated and not self.action["fast_tokenizer"]:
             return (
                 "model.vla.action.knowledge_insulation needs model.vla.action.fast_tokenizer "
                 "(the backbone learns FAST tokens; write one with scripts/fit_fast.py)"
@@ -275,7 +283,7 @@ class FlowActions(VLAActions):
         # Position P + E - 1 (the start token) predicts FAST token 0, and so on.
         logits_BSV = language.embed_tokens.attend(language.norm(hidden_BXC[:, prefix + extra_BEC.shape[1] - 1 :]))
         token_loss, metrics = token_cross_entropy(logits_BSV, targets_BS, mask_BS)
-        weights = self.action.get("token_loss_weight", 1.0), self.action.get("flow_loss_weight", 1.0)
+        weights = self.action["token_loss_weight"], self.action["flow_loss_weight"]
         loss = weights[0] * token_loss + weights[1] * flow_loss
         return loss, {**metrics, "action_flow_loss": flow_loss}
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from octo_like.model.heads import create_head
 from octo_like.model.tokens import TokenGroup
-from octo_like.model.vla.actions import VLAActions, proprio_token_prefix, query_states
+from octo_like.model.vla.actions import VLAActions, backbone_layers_error, proprio_token_prefix, query_states
 from octo_like.model.vla.paligemma import prefix_lm_mask
 from octo_like.utils.errors import InputError
 
@@ -46,7 +46,7 @@ class HeadActions(VLAActions):
 
     @property
     def head_settings(self) -> dict:
-        return {**self.default_head, **(self.action.get("head") or {})}
+        return {**self.default_head, **(self.action["head"] or {})}
 
     @property
     def sampling_options(self) -> frozenset[str]:
@@ -56,11 +56,7 @@ class HeadActions(VLAActions):
         name = self.head_settings["name"]
         if name not in HEAD_SAMPLING:
             return f"model.vla.action.head.name='{name}'; expected one of {', '.join(HEAD_SAMPLING)}"
-        layers = self.action.get("backbone_layers")
-        total = self.backbone_config.text.num_layers
-        if layers is not None and not 1 <= layers <= total:
-            return f"model.vla.action.backbone_layers={layers}; expected 1 .. the backbone's {total} layers"
-        return None
+        return backbone_layers_error(self)
 
     def add_modules(self, network):
         width = self.backbone_config.text.hidden_size
@@ -105,17 +101,17 @@ class TokenBridgeActions(HeadActions):
     default_head: ClassVar[Mapping] = {"name": "diffusion"}
 
     def check(self):
-        if self.action.get("bridge_tokens", 1) < 1:
+        if self.action["bridge_tokens"] < 1:
             return f"model.vla.action.bridge_tokens={self.action['bridge_tokens']}; expected at least 1"
         return super().check()
 
     def add_modules(self, network):
         super().add_modules(network)
-        shape = (self.action.get("bridge_tokens", 1), self.backbone_config.text.hidden_size)
+        shape = (self.action["bridge_tokens"], self.backbone_config.text.hidden_size)
         network.bridge_tokens = network.param("bridge_tokens", nn.initializers.normal(0.02), shape)
 
     def readout(self, network, observation, task):
-        states_BKC = query_states(network, observation, task, network.bridge_tokens, self.action.get("backbone_layers"))
+        states_BKC = query_states(network, observation, task, network.bridge_tokens, self.action["backbone_layers"])
         return single_readout(states_BKC)
 
 
@@ -162,14 +158,14 @@ class PoolBridgeActions(HeadActions):
     default_head: ClassVar[Mapping] = {"name": "flow"}
 
     def check(self):
-        pooling = self.action.get("pooling", "mean")
+        pooling = self.action["pooling"]
         if pooling not in POOLINGS:
             return f"model.vla.action.pooling='{pooling}'; expected one of {', '.join(POOLINGS)}"
         return super().check()
 
     def add_modules(self, network):
         super().add_modules(network)
-        network.bridge_pool = POOLINGS[self.action.get("pooling", "mean")]()
+        network.bridge_pool = POOLINGS[self.action["pooling"]]()
 
     def readout(self, network, observation, task):
         embeddings_BPC, valid_BP = proprio_token_prefix(network, observation, task)
@@ -177,6 +173,6 @@ class PoolBridgeActions(HeadActions):
             embeddings_BPC,
             jnp.cumsum(valid_BP, axis=1),
             prefix_lm_mask(valid_BP, jnp.zeros(valid_BP.shape, jnp.int32)),
-            num_layers=self.action.get("backbone_layers"),
+            num_layers=self.action["backbone_layers"],
         )
         return single_readout(network.bridge_pool(hidden_BPC, valid_BP)[:, None])

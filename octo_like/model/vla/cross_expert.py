@@ -23,7 +23,7 @@ from octo_like.model.flow_matching import euler_sample, flow_matching_error, sam
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.gemma import GemmaConfig, GemmaDecoderLayer, GemmaMLP, RMSNorm
 from octo_like.model.vla.action_expert import pi0_suffix_tokens
-from octo_like.model.vla.actions import VLAActions
+from octo_like.model.vla.actions import VLAActions, backbone_layers_error
 from octo_like.model.vla.paligemma import prefix_lm_mask
 
 
@@ -108,7 +108,7 @@ class CrossBridgeActions(VLAActions):
 
     @property
     def backbone_layers(self) -> int:
-        return self.action.get("backbone_layers") or self.backbone_config.text.num_layers
+        return self.action["backbone_layers"] or self.backbone_config.text.num_layers
 
     def expert_config(self):
         return dataclasses.replace(
@@ -116,10 +116,7 @@ class CrossBridgeActions(VLAActions):
         )
 
     def check(self):
-        layers, total = self.action.get("backbone_layers"), self.backbone_config.text.num_layers
-        if layers is not None and not 1 <= layers <= total:
-            return f"model.vla.action.backbone_layers={layers}; expected 1 .. the backbone's {total} layers"
-        return None
+        return backbone_layers_error(self)
 
     def add_modules(self, network):
         network.cross = CrossAttentionExpert(network.expert_config, self.action_dim, self.horizon)

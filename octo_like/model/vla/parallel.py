@@ -33,7 +33,7 @@ class ParallelL1Actions(HeadActions):
         add_action_slots(self, network)
 
     def readout(self, network, observation, task):
-        layers = self.action.get("backbone_layers")
+        layers = self.action["backbone_layers"]
         return single_readout(query_states(network, observation, task, network.action_slots, layers))
 
 
