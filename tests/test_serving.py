@@ -3,6 +3,7 @@ requests, concurrent clients, the API key and health check, SIGTERM draining, an
 evaluation through the network equal to the in-process one."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -140,6 +141,18 @@ def test_every_bad_request_gets_an_error_naming_it_and_the_connection_carries_on
         client = WebsocketClientPolicy(host="127.0.0.1", port=server.port)
         with pytest.raises(RuntimeError, match="missing 'proprio'"):
             client.infer({k: v for k, v in good.items() if k != "proprio"})
+
+
+def test_a_client_vanishing_without_a_close_frame_ends_its_connection_quietly(served, caplog):
+    with serving(served) as server:
+        connection = websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}")
+        unpackb(connection.recv())
+        connection.send(packb(observation(served)))
+        connection.socket.close()  # no close frame: the process died
+        time.sleep(0.5)
+        client = WebsocketClientPolicy(host="127.0.0.1", port=server.port)  # the server carries on
+        assert client.infer(observation(served))["actions"].shape == (4, 4)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_four_concurrent_clients_each_get_their_own_chunks(served):

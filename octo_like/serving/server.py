@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
 from octo_like.eval.policies import CheckpointPolicy
@@ -189,15 +190,20 @@ class PolicyServer:
             self._in_flight -= 1
 
     async def _handle(self, connection: ServerConnection) -> None:
-        await connection.send(packb(self.served.metadata))
-        async for frame in connection:
-            try:
-                await self._reply(connection, frame)
-            except RequestError as error:
-                await connection.send(f"bad request: {error}")
-            except Exception as error:  # noqa: BLE001 - the connection and the other clients carry on
-                logging.exception("inference failed")
-                await connection.send(f"inference failed: {type(error).__name__}: {error}")
+        # A client that goes away without a close frame (a robot process killed, an evaluation
+        # worker exiting) ends its connection quietly.
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(packb(self.served.metadata))
+            async for frame in connection:
+                try:
+                    await self._reply(connection, frame)
+                except RequestError as error:
+                    await connection.send(f"bad request: {error}")
+                except ConnectionClosed:
+                    raise
+                except Exception as error:  # noqa: BLE001 - the connection and the other clients carry on
+                    logging.exception("inference failed")
+                    await connection.send(f"inference failed: {type(error).__name__}: {error}")
 
     @contextlib.contextmanager
     def in_background(self, timeout: float = 120.0):
