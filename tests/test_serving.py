@@ -18,6 +18,7 @@ import jax
 import msgpack
 import numpy as np
 import pytest
+import trained_runs
 import websockets.sync.client
 from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -245,21 +246,15 @@ def test_the_evaluation_through_the_server_takes_the_in_process_episodes(release
             spec.create(RemotePolicy, f"ws://127.0.0.1:{server.port}"), settings, num_workers=1, show_progress=False
         )
         # The command line: the image size comes from the server's metadata.
-        result = subprocess.run(
-            [
-                sys.executable,
-                "scripts/evaluate.py",
-                "--policy=remote",
-                f"--address=ws://127.0.0.1:{server.port}",
-                "--tasks=reach",
-                "--episodes=1",
-                "--max_episode_steps=5",
-                "--workers=1",
-                f"--output_dir={tmp_path / 'eval'}",
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
+        result = trained_runs.run_script(
+            "evaluate.py",
+            "--policy=remote",
+            f"--address=ws://127.0.0.1:{server.port}",
+            "--tasks=reach",
+            "--episodes=1",
+            "--max_episode_steps=5",
+            "--workers=1",
+            f"--output_dir={tmp_path / 'eval'}",
             timeout=600,
         )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -296,13 +291,7 @@ def test_async_inference_executes_every_step_and_requests_ahead_of_the_queue(ser
 
 
 def test_serve_policy_refuses_an_exec_horizon_longer_than_the_chunk(release):
-    result = subprocess.run(
-        [sys.executable, "scripts/serve_policy.py", f"--checkpoint={release}", "--exec_horizon=9"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = trained_runs.run_script("serve_policy.py", f"--checkpoint={release}", "--exec_horizon=9", timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --exec_horizon: exec_horizon=9; expected 1 .. the chunk's 4 actions"
