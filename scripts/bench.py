@@ -24,12 +24,18 @@ and their ratio side by side.
 `train`: the model of a config's `model` section on one real batch of its dataset: parameter
 count, and for each `--compute_dtypes` entry (default float32 and bfloat16, with their ratio) train
 steps/s, examples/s (jitted step, data loading excluded), FLOPs per step (XLA's count) and MFU
-against the chip's dense bf16 peak where it is known (GPUs, TPUs; null on CPUs); peak host memory.
+against the chip's dense bf16 peak where it is known (GPUs, TPUs; null on CPUs); peak host memory;
+and the first step's wall time (tracing, compilation or loading it, one step: what `train.py`
+prints as "first step") in float32, cold (an empty persistent compilation cache) and warm (the
+cache the cold run wrote, the in-memory caches cleared: a second run of the same command).
 
 `infer`: `PolicyModel.sample_actions` latency (p50/p95 over calls, batch 1, jitted) for each
 `--heads` entry (`diffusion:ddim:5` = DDIM with 5 steps, `flow:10` = 10 Euler steps), on a model
-built from the config with that head; for a policy with a CLIP (otter_metaworld.py) the result
-names its size and image resolution (a ViT-B/16 CLIP as above: random weights, the same compute).
+built from the config with that head, and beside it the steady-state latency of a control loop
+with the episode cache (octo_like/policy/episode_cache.py: the window slides by one step per call,
+so each call encodes one new frame and the head runs on the cached readout), with their ratio;
+for a policy with a CLIP (otter_metaworld.py) the result names its size and image resolution (a
+ViT-B/16 CLIP as above: random weights, the same compute).
 
 `scale`: for each `--fsdp_sizes` N (data = devices / N), the per-device bytes of parameters and
 optimizer state under the default FSDP rule (expected to fall as about 1/N for the sharded
@@ -253,6 +259,35 @@ def peak_flops(device) -> float | None:
     return next((flops for kind, flops in PEAK_BF16_FLOPS.items() if kind in device.device_kind), None)
 
 
+def _first_step_seconds(train_step, make_state, device_batch) -> dict:
+    """Seconds from calling the jitted `train_step` to its result, in a new temporary persistent
+    compilation cache: cold (empty: tracing and compilation) and warm (tracing, and the executable
+    the cold call wrote), the in-memory caches cleared before each, as two new processes see it."""
+    import tempfile
+
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    def timed() -> float:
+        jax.clear_caches()
+        state = make_state()
+        start = time.perf_counter()
+        jax.block_until_ready(train_step(state, device_batch))
+        return time.perf_counter() - start
+
+    user_cache_dir = jax.config.jax_compilation_cache_dir
+    with tempfile.TemporaryDirectory() as directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+        compilation_cache.reset_cache()  # the cache opens its directory once; reopen it at the new one
+        try:
+            cold = timed()
+            warm = timed()
+        finally:
+            jax.config.update("jax_compilation_cache_dir", user_cache_dir)
+            compilation_cache.reset_cache()
+    return {"cold": cold, "warm": warm}
+
+
 def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict:
     import resource
 
@@ -290,6 +325,10 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
             jax.block_until_ready((state, metrics))
 
         steps_per_s = calls_per_second(step, seconds, warmup=2)
+        if name == compute_dtypes[0]:
+            first_step_s = _first_step_seconds(
+                train_step, lambda: TrainState.create(host_params, optimizer, jax.random.key(1)), device_batch
+            )
         by_dtype[name] = {
             "steps_per_s": steps_per_s,
             "examples_per_s": steps_per_s * batch_size,
@@ -312,6 +351,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
         "params": sum(x.size for x in leaves),
         "trained_params": trained,  # without the frozen encoders (MiniLM, CLIP)
         "compute_dtypes": by_dtype,
+        "first_step_s": {"compute_dtype": compute_dtypes[0], **first_step_s},
         "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if {"float32", "bfloat16"} <= set(by_dtype):
@@ -592,6 +632,51 @@ def bench_serve(checkpoint: str, seconds: float) -> dict:
     }
 
 
+def _token_counts(model, observation: dict, task: dict) -> dict:
+    """The transformer's sequence length: task tokens, tokens per timestep (observations and
+    readouts) and the whole window's, from shapes alone (nothing runs)."""
+    import jax
+
+    module = model.module
+
+    def groups(network):
+        task_groups, language_embedding_BC = network.task_groups(task, train=False)
+        return task_groups, network.observation_groups(
+            observation, task, task_groups, language_embedding_BC, train=False
+        )
+
+    task_groups, obs_groups = jax.eval_shape(
+        lambda params: module.apply({"params": model.network_params(params)}, method=groups), model.params
+    )
+    task_tokens = sum(group.tokens.shape[1] for group in task_groups.values())
+    per_step = sum(group.tokens.shape[2] for group in obs_groups.values()) + sum(module.readouts.values())
+    window = observation["timestep"].shape[1]
+    return {"task": task_tokens, "per_timestep": per_step, "window": window, "total": task_tokens + window * per_step}
+
+
+def _cached_latency_ms(model, observation: dict, task: dict, sampling: dict, seconds: float) -> dict:
+    """`_latency_ms` of a control loop with the episode cache: call i sees the window of timesteps
+    i .. i + T - 1 (every slot real), so each call after the first encodes only its newest frame."""
+    import jax
+
+    window = observation["timestep"].shape[1]
+    cache = model.episode_cache(task)
+    calls = iter(range(2**31))
+
+    def step():
+        first = next(calls)
+        timestep_1T = np.arange(first, first + window, dtype=np.int32)[None]
+        window_observation = {
+            **observation,
+            "timestep": timestep_1T,
+            "timestep_pad_mask": np.ones_like(timestep_1T, bool),
+        }
+        return model.sample_actions(window_observation, task, rng=jax.random.key(0), cache=cache, **sampling)
+
+    step()  # the first call of the episode encodes the whole window (and compiles that shape)
+    return _latency_ms(step, seconds)
+
+
 def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
     import jax
 
@@ -619,11 +704,15 @@ def bench_infer(config: dict, head_entries: list[str], seconds: float) -> dict:
         latency = _latency_ms(
             lambda: model.sample_actions(observation, task, rng=jax.random.key(0), **sampling), seconds
         )
-        results.append({"head": entry, **latency})
+        cached = _cached_latency_ms(model, observation, task, sampling, seconds)
+        results.append(
+            {"head": entry, **latency, "cached": cached, "cache_speedup": latency["p50_ms"] / cached["p50_ms"]}
+        )
     result = {
         "benchmark": "infer",
         "device": str(jax.devices()[0]),
         "transformer": config["model"]["transformer"],
+        "tokens": _token_counts(model, observation, task),
         "batch_size": 1,
         "results": results,
     }

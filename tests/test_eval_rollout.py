@@ -76,8 +76,11 @@ class FakeModel:
     def create_tasks(self, texts):
         return {"texts": list(texts)}
 
-    def sample_actions(self, observation, task, *, rng, unnormalization_statistics):
-        self.calls.append((observation, task, rng))
+    def episode_cache(self, task):
+        return ("cache of", task["texts"])
+
+    def sample_actions(self, observation, task, *, rng, unnormalization_statistics, cache=None):
+        self.calls.append((observation, task, cache))
         return np.tile(unnormalization_statistics["mean"], (1, 3, 1))
 
 
@@ -98,12 +101,16 @@ def test_checkpoint_policy_feeds_the_model_as_in_training():
     }
     actions_HA = policy(window, rng)
     np.testing.assert_array_equal(actions_HA, np.full((3, 4), 0.5, np.float32))
-    observation, task, _ = model.calls[0]
-    assert task == {"texts": ["reach the goal"]}
+    observation, task, cache = model.calls[0]
+    assert task == {"texts": ["reach the goal"]} and cache == ("cache of", ["reach the goal"])  # the episode's
     assert observation["image_primary"].shape == (1, 2, 32, 32, 3) and observation["image_primary"].dtype == np.uint8
     assert "image_wrist" not in observation  # only the cameras the model was trained on
     np.testing.assert_allclose(observation["proprio"][0], [[0, 0, 0, 0], [1, 1, 1, 1]], atol=1e-6)
     np.testing.assert_array_equal(observation["timestep_pad_mask"], [[False, True]])
+    policy.use_cache = False  # every call recomputes the whole window
+    policy.reset("reach-v3", "reach the goal")
+    policy(window, rng)
+    assert model.calls[-1][2] is None
 
 
 def test_checkpoint_policy_rejects_environments_it_cannot_drive():

@@ -218,3 +218,29 @@ def test_bad_stem_and_mode_names():
     with pytest.raises(InputError, match="expected uint8 images"):
         float_images = {**observation, "image_primary": observation["image_primary"].astype(np.float32)}
         _init(ImageTokenizer("primary", stem_kwargs=TINY_STEM_KWARGS["small_stem"]), float_images, task)
+
+
+def test_fused_goal_is_stacked_on_every_frames_channels_and_a_missing_goal_is_black():
+    module = ImageTokenizer(camera="primary", stem_kwargs=TINY_STEM_KWARGS["small_stem"], fuse_goal=True)
+    observation, task = _observation(), _task()
+    task["image_primary"] = np.random.default_rng(1).integers(0, 256, task["image_primary"].shape, dtype=np.uint8)
+    variables = _init(module, observation, task)
+    first_kernel = jax.tree.leaves(variables["params"])
+    assert any(leaf.ndim == 4 and leaf.shape[2] == 6 for leaf in first_kernel)  # frame + goal channels
+    tokens = module.apply(variables, observation, task, train=False).tokens
+    unfused = ImageTokenizer(camera="primary", stem_kwargs=TINY_STEM_KWARGS["small_stem"])
+    assert tokens.shape == unfused.apply(_init(unfused, observation, task), observation, task, train=False).tokens.shape
+    # Example 0 has its goal: another goal changes its tokens. Example 1's goal is padding: its
+    # tokens are those of a black goal, whatever the array holds.
+    other_goal = {**task, "image_primary": 255 - task["image_primary"]}
+    changed = module.apply(variables, observation, other_goal, train=False).tokens
+    assert not np.allclose(changed[0], tokens[0])
+    np.testing.assert_array_equal(changed[1], tokens[1])
+    black = {
+        **task,
+        "image_primary": np.zeros_like(task["image_primary"]),
+        "pad_mask_dict": {"image_primary": np.ones(2, bool)},
+    }
+    np.testing.assert_allclose(module.apply(variables, observation, black, train=False).tokens[1], tokens[1], atol=1e-6)
+    with pytest.raises(InputError, match=r"task image_primary has shape \(2, 16, 16, 3\)"):
+        module.apply(variables, observation, {**task, "image_primary": task["image_primary"][:, :16, :16]}, train=False)

@@ -12,8 +12,9 @@ from octo_like.model.tokens import TokenGroup
 from octo_like.utils.errors import InputError
 
 
-def reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps) -> np.ndarray:
-    """The attention rules, written token by token: (kind, group, timestep) per token."""
+def reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps, history="causal") -> np.ndarray:
+    """The attention rules, written token by token: (kind, group, timestep) per token. With
+    history="readout" an observation sees the observations of its own timestep only."""
     tokens = []
     for group, size in enumerate(task_sizes):
         tokens += [("task", group, None)] * size
@@ -29,6 +30,8 @@ def reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps) -> np.nd
         if query[0] == "task":
             return False
         if key[0] == "obs":
+            if history == "readout" and query[0] == "obs":
+                return key[2] == query[2]
             return key[2] <= query[2]
         return query == key  # a readout key: only its own group at its own timestep
 
@@ -46,9 +49,10 @@ def reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps) -> np.nd
         ([2, 0], [0, 1], [2], 2),
     ],
 )
-def test_block_mask_matches_reference(task_sizes, obs_sizes, readout_sizes, num_timesteps):
-    mask = block_attention_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps)
-    expected = reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps)
+@pytest.mark.parametrize("history", ["causal", "readout"])
+def test_block_mask_matches_reference(task_sizes, obs_sizes, readout_sizes, num_timesteps, history):
+    mask = block_attention_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps, history)
+    expected = reference_mask(task_sizes, obs_sizes, readout_sizes, num_timesteps, history)
     assert mask.dtype == bool and mask.shape == expected.shape
     np.testing.assert_array_equal(mask, expected)
 
@@ -58,6 +62,8 @@ def test_block_mask_rejects_bad_sizes():
         block_attention_mask([1], [2, -1], [1], 2)
     with pytest.raises(InputError, match="num_timesteps"):
         block_attention_mask([1], [2], [1], 1.5)
+    with pytest.raises(InputError, match="history='bidirectional'"):
+        block_attention_mask([1], [2], [1], 2, history="bidirectional")
 
 
 B, T, WIDTH = 2, 3, 16

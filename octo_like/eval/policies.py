@@ -134,8 +134,11 @@ class CheckpointPolicy:
                 f"expected one of {', '.join(names)}"
             )
         self.statistics = model.dataset_statistics[self.dataset_name]
-        self._task = None
+        self._task = self._cache = None
         self.sampling = {}  # options of `sample_actions` (e.g. Euler steps), the same for every call
+        # Reuse the task's and the earlier frames' keys and values within an episode (the actions
+        # equal the uncached ones to float32 rounding); off recomputes the whole window each call.
+        self.use_cache = True
 
     def check_fits(self, env_cameras: Sequence[str], action_dim: int) -> None:
         """One clear error when the environment cannot feed this checkpoint or run its actions."""
@@ -150,6 +153,12 @@ class CheckpointPolicy:
     def reset(self, task: str, instruction: str) -> None:
         del task
         self._task = self.model.create_tasks(texts=[instruction])
+        self._cache = self.new_cache(self._task)
+
+    def new_cache(self, task: Mapping):
+        """An episode cache of `task` (octo_like/policy/episode_cache.py), or None where the model
+        has none or `use_cache` is off."""
+        return self.model.episode_cache(task) if self.use_cache else None
 
     def model_observation(self, observation_window) -> dict:
         """An environment observation window -> the model's batch of one: images resized as in
@@ -181,17 +190,21 @@ class CheckpointPolicy:
     def __call__(self, observation_window, rng):
         return self.sample(observation_window, int(rng.integers(2**31)))
 
-    def sample(self, observation_window, seed: int, task: Mapping | None = None) -> np.ndarray:
-        """The unnormalized chunk [H, A] for `task` (default: the episode's, from `reset`) with the
-        sampling key of `seed`: what `__call__` draws from its generator, and what a client of the
-        policy server sends, so both give the same actions."""
+    def sample(self, observation_window, seed: int, task: Mapping | None = None, cache=None) -> np.ndarray:
+        """The unnormalized chunk [H, A] for `task` (default: the episode's, from `reset`, with its
+        cache) with the sampling key of `seed`: what `__call__` draws from its generator, and what a
+        client of the policy server sends, so both give the same actions. `cache` is `task`'s
+        episode cache (`new_cache(task)`), if any."""
         import jax
 
+        if task is None:
+            task, cache = self._task, self._cache
         actions_BHA = self.model.sample_actions(
             self.model_observation(observation_window),
-            self._task if task is None else task,
+            task,
             rng=jax.random.key(seed),
             unnormalization_statistics=self.statistics["action"],
+            **({} if cache is None else {"cache": cache}),
             **self.sampling,
         )
         return np.asarray(actions_BHA[0], np.float32)

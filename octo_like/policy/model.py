@@ -51,6 +51,7 @@ from octo_like.policy.build import (
     resolve_model_config,
     with_action_horizon,
 )
+from octo_like.policy.episode_cache import EpisodeCache
 from octo_like.policy.registry import read_release_config
 from octo_like.utils.errors import InputError
 from octo_like.utils.files import write_atomically, write_text_atomically
@@ -90,7 +91,7 @@ class PolicyModel:
     dataset_statistics: dict
 
     def __post_init__(self):
-        self._sample_fns = {}
+        self._sample_fns, self._step_fns, self._encode_task_fn = {}, {}, None
         language = self.config["model"].get("language")
         self.text_tokenizer = None
         if language is not None:
@@ -238,6 +239,19 @@ class PolicyModel:
         task["pad_mask_dict"] = pad_mask
         return task
 
+    def episode_cache(self, task: Mapping) -> EpisodeCache | None:
+        """A cache for one episode of `task` (see octo_like/policy/episode_cache.py), or None where
+        the network has none (the VLA family)."""
+        if not hasattr(self.module, "encode_task"):
+            return None
+        if self._encode_task_fn is None:
+            self._encode_task_fn = jax.jit(
+                lambda params, task: self.module.apply(
+                    {"params": self.network_params(params)}, task, method=type(self.module).encode_task
+                )
+            )
+        return EpisodeCache(task, self._encode_task_fn(self.params, task))
+
     def sample_actions(
         self,
         observation: Mapping,
@@ -246,28 +260,55 @@ class PolicyModel:
         rng: jax.Array,
         unnormalization_statistics: Mapping | None = None,
         head: str = "action",
+        cache: EpisodeCache | None = None,
         **sampling,
     ) -> jax.Array:
-        """Actions [B, H, A] for the last timestep of the window; unnormalized when statistics are given."""
+        """Actions [B, H, A] for the last timestep of the window; unnormalized when statistics are
+        given. With the episode's `cache` (`episode_cache(task)`), only frames it lacks are encoded."""
         from octo_like.utils.normalization import unnormalize  # array-namespace code: no TensorFlow
 
         _check_observation(observation, self.example_batch["observation"])
         if head not in self.module.heads:
             raise InputError(f"unknown head '{head}'; the model has {sorted(self.module.heads)}")
         key = (head, tuple(sorted(sampling.items())))
-        if key not in self._sample_fns:
-            self._sample_fns[key] = jax.jit(
-                lambda params, observation, task, rng: self.module.apply(
-                    {"params": self.network_params(params)},
-                    observation,
-                    task,
-                    rng=rng,
-                    head=head,
-                    sampling=sampling,
-                    method=type(self.module).predict_action,
+        if cache is None:
+            if key not in self._sample_fns:
+                self._sample_fns[key] = jax.jit(
+                    lambda params, observation, task, rng: self.module.apply(
+                        {"params": self.network_params(params)},
+                        observation,
+                        task,
+                        rng=rng,
+                        head=head,
+                        sampling=sampling,
+                        method=type(self.module).predict_action,
+                    )
                 )
+            actions_BTHA = self._sample_fns[key](self.params, observation, task, rng)
+        else:
+            if task is not cache.task:
+                raise InputError(
+                    "the cache was made for another task; make one per episode with model.episode_cache(task)"
+                )
+            if key not in self._step_fns:
+                self._step_fns[key] = jax.jit(
+                    lambda params, task, context, frames, observation, rng: self.module.apply(
+                        {"params": self.network_params(params)},
+                        task,
+                        context,
+                        frames,
+                        observation,
+                        rng=rng,
+                        head=head,
+                        sampling=sampling,
+                        method=type(self.module).predict_action_step,
+                    )
+                )
+            frames, new_observation, new_keys = cache.split(observation)
+            actions_BTHA, new_entries = self._step_fns[key](
+                self.params, task, cache.context, frames, new_observation, rng
             )
-        actions_BTHA = self._sample_fns[key](self.params, observation, task, rng)
+            cache.keep(cache.frame_keys(observation), new_keys, new_entries)
         actions_BHA = actions_BTHA[:, -1]
         if unnormalization_statistics is not None:
             # Statistics carry how training normalized (see `with_normalization_settings`); a dataset

@@ -8,6 +8,11 @@ The protocol:
 - each request is a binary msgpack frame (octo_like.serving.codec) holding an observation dict;
   optional keys: "seed" (an int: the sampling key, so that a client reproduces an in-process
   run), "timestep_pad_mask" and "timestep" (default: every step of the window is real);
+- a request that carries "timestep" (each frame's environment step, as `RemotePolicy` and the
+  HistoryWrapper give it) lets the connection reuse its episode cache (octo_like/policy/
+  episode_cache.py): the task's and the earlier frames' keys and values, so each request encodes
+  only the new frame. A connection's episode restarts when the prompt changes or the newest
+  timestep does not advance past the previous request's; one connection is one client's stream;
 - each reply is {"actions": float32 [H, A] (unnormalized, ready to execute), "server_timing":
   {"infer_ms": ...}}; a bad request gets a text frame naming the key and what was expected (the
   client raises it), and the connection carries on.
@@ -22,6 +27,7 @@ connections, lets the requests in flight finish and be answered, then exits.
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import http
 import logging
 import signal
@@ -44,6 +50,15 @@ DEFAULT_MAX_MESSAGE_BYTES = 32 * 2**20
 
 class RequestError(ValueError):
     """A request the server answers with an error frame (one line)."""
+
+
+@dataclasses.dataclass
+class ConnectionEpisode:
+    """What one connection reuses between its requests: the episode cache of its current prompt."""
+
+    prompt: str | None = None
+    cache: object = None
+    newest_timestep: int = -1
 
 
 class ServedPolicy:
@@ -119,11 +134,22 @@ class ServedPolicy:
             raise RequestError(f"'seed' is {type(seed).__name__}; expected an integer")
         return window, request["prompt"], None if seed is None else int(seed)
 
-    def infer(self, window: dict, prompt: str, seed: int) -> dict:
+    def infer(self, window: dict, prompt: str, seed: int, episode: ConnectionEpisode | None = None) -> dict:
+        """The reply to one request; with the connection's `episode` (requests that carry their
+        timesteps), the episode cache is reused, or restarted on a new prompt or a timestep that
+        does not advance."""
         if prompt not in self._tasks:
             self._tasks[prompt] = self.policy.model.create_tasks(texts=[prompt])
+        task = self._tasks[prompt]
         start = time.perf_counter()
-        actions_HA = self.policy.sample(window, seed, self._tasks[prompt])[: self.exec_horizon]
+        cache = None
+        if episode is not None:
+            newest_timestep = int(window["timestep"][-1])
+            if episode.prompt != prompt or newest_timestep <= episode.newest_timestep:
+                episode.prompt, episode.cache = prompt, self.policy.new_cache(task)
+            episode.newest_timestep = newest_timestep
+            cache = episode.cache
+        actions_HA = self.policy.sample(window, seed, task, cache)[: self.exec_horizon]
         return {"actions": actions_HA, "server_timing": {"infer_ms": 1000 * (time.perf_counter() - start)}}
 
     def example_request(self, seed: int = 0, prompt: str = "open the drawer") -> dict:
@@ -167,7 +193,7 @@ class PolicyServer:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key ...'\n")
         return None
 
-    async def _reply(self, connection: ServerConnection, frame) -> None:
+    async def _reply(self, connection: ServerConnection, frame, episode: ConnectionEpisode) -> None:
         if isinstance(frame, str):
             raise RequestError("expected a binary msgpack frame; got a text frame")
         if len(frame) > self.max_message_bytes:
@@ -184,7 +210,9 @@ class PolicyServer:
         self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(self._executor, self.served.infer, window, prompt, seed)
+            reply = await loop.run_in_executor(
+                self._executor, self.served.infer, window, prompt, seed, episode if "timestep" in request else None
+            )
             await connection.send(packb(reply))
         finally:
             self._in_flight -= 1
@@ -194,9 +222,10 @@ class PolicyServer:
         # worker exiting) ends its connection quietly.
         with contextlib.suppress(ConnectionClosed):
             await connection.send(packb(self.served.metadata))
+            episode = ConnectionEpisode()
             async for frame in connection:
                 try:
-                    await self._reply(connection, frame)
+                    await self._reply(connection, frame, episode)
                 except RequestError as error:
                     await connection.send(f"bad request: {error}")
                 except ConnectionClosed:

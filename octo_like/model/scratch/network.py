@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from octo_like.model.heads import masked_mean
 from octo_like.model.language.minilm import BertConfig, BertEncoder
 from octo_like.model.scratch.observation_tokenizers import language_mask
-from octo_like.model.scratch.transformer import BlockTransformer, transformer_settings
+from octo_like.model.scratch.transformer import BlockTransformer, FrameContext, transformer_settings
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
@@ -89,21 +89,37 @@ class PolicyNetwork(nn.Module):
             return {"language": TokenGroup(sentence_BC[:, None], mask_BL.any(axis=1, keepdims=True))}, embedding_BC
         return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
 
+    def task_groups(self, task, *, train: bool) -> tuple[dict[str, TokenGroup], jax.Array | None]:
+        """The task token groups (language, then the task tokenizers') and the pooled instruction."""
+        task_groups, language_embedding_BC = self.language_groups(task, train=train)
+        for name, tokenizer in self.task_tokenizer_modules.items():
+            task_groups[name] = self._tokenize(tokenizer, {}, task, task_groups, language_embedding_BC, train)
+        return task_groups, language_embedding_BC
+
+    def _tokenize(self, tokenizer, observation, task, task_groups, language_embedding_BC, train) -> TokenGroup:
+        extra = {}
+        if getattr(tokenizer, "reads_clip", False):
+            extra = {"language": task_groups.get("language"), "clip": getattr(self, CLIP, None)}
+        return tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC, **extra)
+
+    def observation_groups(self, observation, task, task_groups, language_embedding_BC, *, train: bool):
+        """Observation token groups [B, T, N, C]: each frame's tokens depend on that frame and the task."""
+        return {
+            name: self._tokenize(tokenizer, observation, task, task_groups, language_embedding_BC, train)
+            for name, tokenizer in self.observation_tokenizer_modules.items()
+        }
+
+    @property
+    def _readout_sizes(self) -> dict[str, int]:
+        return {f"readout_{name}": size for name, size in self.readouts.items()}
+
     def readout_groups(self, observation, task, *, train: bool) -> dict[str, TokenGroup]:
         """The transformer's readout tokens by group name ("readout_<name>")."""
-        task_groups, language_embedding_BC = self.language_groups(task, train=train)
-
-        def tokenize(tokenizer: nn.Module) -> TokenGroup:
-            extra = {}
-            if getattr(tokenizer, "reads_clip", False):
-                extra = {"language": task_groups.get("language"), "clip": getattr(self, CLIP, None)}
-            return tokenizer(observation, task, train=train, language_embedding_BC=language_embedding_BC, **extra)
-
-        for name, tokenizer in self.task_tokenizer_modules.items():
-            task_groups[name] = tokenize(tokenizer)
-        obs_groups = {name: tokenize(tokenizer) for name, tokenizer in self.observation_tokenizer_modules.items()}
-        readouts = {f"readout_{name}": size for name, size in self.readouts.items()}
-        _, _, readout_out = self.block_transformer(task_groups, obs_groups, readouts, train=train)
+        task_groups, language_embedding_BC = self.task_groups(task, train=train)
+        obs_groups = self.observation_groups(observation, task, task_groups, language_embedding_BC, train=train)
+        _, _, readout_out = self.block_transformer(
+            task_groups, obs_groups, self._readout_sizes, train=train, timestep_BT=observation.get("timestep")
+        )
         return readout_out
 
     def __call__(self, observation, task, *, train: bool = False):
@@ -140,6 +156,60 @@ class PolicyNetwork(nn.Module):
         return metrics
 
     def predict_action(self, observation, task, *, rng, head: str, sampling: Mapping[str, Any]):
+        """The chunk [B, 1, H, A] of the window's last timestep (the one a policy acts on)."""
         readouts = self.readout_groups(observation, task, train=False)
         module = self.head_modules[head]
-        return module.predict_action(readouts[module.readout_key], rng=rng, train=False, **sampling)
+        return module.predict_action(_last_timestep(readouts[module.readout_key]), rng=rng, train=False, **sampling)
+
+    # Inference with a cache (see octo_like/policy/episode_cache.py): `encode_task` once per
+    # episode, then `predict_action_step` per control step on the frames not cached yet.
+
+    def encode_task(self, task) -> dict:
+        """What holds for a whole episode: the task tokens' keys and values at every layer, and the
+        instruction the observation tokenizers read (FiLM, text-aware selection)."""
+        task_groups, language_embedding_BC = self.task_groups(task, train=False)
+        return {
+            "transformer": self.block_transformer.encode_task(task_groups),
+            "language": task_groups.get("language"),
+            "language_embedding_BC": language_embedding_BC,
+        }
+
+    def readouts_step(self, task, context, frames, observation) -> tuple[dict[str, TokenGroup], list]:
+        """(the last timestep's readouts [B, 1, R, C] by group name, the new frames' cache entries,
+        one per timestep of `observation`).
+
+        `observation` holds the window's last frames, those not cached; `frames` the cache entries
+        of the slots before them, oldest first (from earlier calls). An entry is the frame's
+        observation tokens (history="causal": the transformer reruns every frame on the cached
+        task) or its keys and values at every layer (history="readout": only new frames run).
+        """
+        task_groups = {"language": context["language"]} if context["language"] is not None else {}
+        new_groups = self.observation_groups(
+            observation, task, task_groups, context["language_embedding_BC"], train=False
+        )
+        transformer = self.block_transformer
+        if transformer.history == "readout":
+            frame_context = FrameContext.concatenate(frames) if frames else None
+            readouts, new_context = transformer.step(
+                context["transformer"],
+                frame_context,
+                new_groups,
+                self._readout_sizes,
+                timestep_BT=observation.get("timestep"),
+            )
+            return readouts, new_context.split()
+        obs_groups = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *frames, new_groups)
+        readouts, _ = transformer.step(context["transformer"], None, obs_groups, self._readout_sizes)
+        num_new = next(iter(new_groups.values())).tokens.shape[1]
+        return readouts, [jax.tree.map(lambda x, t=t: x[:, t : t + 1], new_groups) for t in range(num_new)]
+
+    def predict_action_step(self, task, context, frames, observation, *, rng, head: str, sampling: Mapping[str, Any]):
+        """(the chunk [B, 1, H, A], the new frames' cache entries): `readouts_step`, then the head."""
+        readouts, new_entries = self.readouts_step(task, context, frames, observation)
+        module = self.head_modules[head]
+        actions_B1HA = module.predict_action(readouts[module.readout_key], rng=rng, train=False, **sampling)
+        return actions_B1HA, new_entries
+
+
+def _last_timestep(readout: TokenGroup) -> TokenGroup:
+    return TokenGroup(readout.tokens[:, -1:], readout.mask[:, -1:])

@@ -74,13 +74,19 @@ def _make_stem(name: str, stem_kwargs: Mapping[str, Any], use_film: bool) -> nn.
 class ImageTokenizer(nn.Module):
     """`observation["image_<camera>"]` uint8 [B, T, H, W, 3] -> tokens [B, T, h*w, C], one per
     stem output position. With `use_film` the stem is conditioned on `language_embedding_BC`.
-    `image_size` (H, W), when set, is checked so a wrong resolution fails with a clear message."""
+    `image_size` (H, W), when set, is checked so a wrong resolution fails with a clear message.
+
+    With `fuse_goal` the goal image of the same camera (`task["image_<camera>"]`, uint8 [B, H, W, 3])
+    is stacked on every frame's channels before the stem (early fusion, as Octo does): the goal
+    costs no tokens of its own. A task without that goal (`pad_mask_dict` False) gets a black goal.
+    Each frame's tokens still depend on that frame (and the episode's task) alone."""
 
     camera: str
     stem: str = "small_stem"
     stem_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
     use_film: bool = False
     image_size: tuple[int, int] | None = None
+    fuse_goal: bool = False
 
     @nn.compact
     def __call__(
@@ -95,6 +101,18 @@ class ImageTokenizer(nn.Module):
                 raise InputError(f"ImageTokenizer for {key} has use_film=True but got no language_embedding_BC")
             # Images are flattened batch-major below, so each of a sample's T frames gets its embedding.
             cond_NC = jnp.repeat(language_embedding_BC, window, axis=0)
+        if self.fuse_goal:
+            goal_BHWC = checked_images(task, key, "task", 4, self.image_size)
+            frame_shape = list(images_BTHWC.shape[2:])
+            if list(goal_BHWC.shape[1:]) != frame_shape:
+                raise InputError(
+                    f"task {key} has shape {tuple(goal_BHWC.shape)}; expected the frames' [B, *{frame_shape}]"
+                )
+            goal_BHWC = jnp.where(
+                _present(task, key, "task")[:, None, None, None], goal_BHWC, jnp.zeros_like(goal_BHWC)
+            )
+            goal_BTHWC = jnp.broadcast_to(goal_BHWC[:, None], images_BTHWC.shape)
+            images_BTHWC = jnp.concatenate([images_BTHWC, goal_BTHWC], axis=-1)
         stem = _make_stem(self.stem, self.stem_kwargs, self.use_film)
         features_NhwC = stem(images_BTHWC.reshape(batch * window, *images_BTHWC.shape[2:]), cond_NC, train=train)
         tokens_BTNC = features_NhwC.reshape(batch, window, -1, features_NhwC.shape[-1])

@@ -27,11 +27,12 @@ from octo_like.utils.errors import InputError
 
 def scale_images(images_NHWC: jax.Array) -> jax.Array:
     """uint8 pixels -> float32 in [-1, 1]. Anything else is refused: a float image could already be
-    scaled, and scaling it again would silently shift the input distribution."""
-    if images_NHWC.dtype != jnp.uint8 or images_NHWC.ndim != 4 or images_NHWC.shape[-1] != 3:
+    scaled, and scaling it again would silently shift the input distribution. Several RGB images
+    stacked on the channel axis (an observation with its goal image, early fusion) are accepted."""
+    if images_NHWC.dtype != jnp.uint8 or images_NHWC.ndim != 4 or images_NHWC.shape[-1] % 3:
         raise InputError(
             f"stem input has dtype {images_NHWC.dtype} and shape {tuple(images_NHWC.shape)}; "
-            "expected uint8 images [N, H, W, 3]"
+            "expected uint8 images [N, H, W, 3 * k]"
         )
     return images_NHWC.astype(jnp.float32) / 127.5 - 1.0
 
