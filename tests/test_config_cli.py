@@ -242,3 +242,20 @@ def test_cli_other_exceptions_keep_their_traceback(tmp_path, config_path):
     result = _run_script(tmp_path, config_path, "--config.optimizer.wd=-1")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "RuntimeError: a bug, not bad input" in result.stderr
+
+
+def test_octo_scratch_options_give_octos_layout_and_the_readout_history():
+    fused = load_config("experiments/configs/octo_scratch.py:small,fused_goal").to_dict()
+    model = fused["model"]
+    (primary,) = model["observation_tokenizers"].values()
+    assert primary["kwargs"]["fuse_goal"] and primary["kwargs"]["image_size"] == (128, 128)
+    assert model["language"] is None and model["task_tokenizers"] == {} and model["readouts"] == {"action": 1}
+    assert model["transformer"]["dropout_rate"] == 0.0 and model["transformer"]["history"] == "causal"
+    assert fused["optimizer"]["frozen_keys"] == () and fused["dataset"]["frame_transform_kwargs"]["resize_size"][
+        "primary"
+    ] == (128, 128)
+    readout = load_config("experiments/configs/octo_scratch.py:tiny,readout_history,l1").to_dict()
+    assert readout["model"]["transformer"]["history"] == "readout" and readout["model"]["language"] is not None
+    assert readout["run_dir"] == "runs/octo_scratch_tiny_l1_readout_history"
+    with pytest.raises(InputError, match="options from fused_goal, readout_history"):
+        load_config("experiments/configs/octo_scratch.py:small,fused")

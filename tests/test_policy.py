@@ -102,6 +102,40 @@ def test_loss_is_finite_and_language_gets_no_gradient(model):
     assert any(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["head_modules_action"]))
 
 
+@pytest.mark.parametrize("distinct", [3, 8], ids=["few_instructions", "every_row_its_own"])
+def test_the_frozen_encoder_runs_on_the_distinct_instructions_and_gives_every_rows_states(model, distinct):
+    """Eight rows: with 3 distinct instructions (one of them dropped: padding) the encoder runs on
+    ceil(0.5 * 8) = 4 rows; with 8 it runs on all of them; the states equal the plain encoder's."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(0)
+    instructions_DL = rng.integers(1000, 2000, (distinct, 8)).astype(np.int32)
+    rows_B = np.arange(8) % distinct
+    task = {
+        "language_instruction": {"input_ids": instructions_DL[rows_B], "attention_mask": np.ones((8, 8), np.int32)},
+        "pad_mask_dict": {"language_instruction": rows_B != 2},
+    }
+    encoded_shapes = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "_encode_instructions":
+            encoded_shapes.append(args[0].shape)
+        return next_fun(*args, **kwargs)
+
+    def language_groups(module):
+        return jax.jit(
+            lambda params: module.apply({"params": params}, task, train=False, method=type(module).language_groups)
+        )(model.params)
+
+    with nn.intercept_methods(record):
+        groups, embedding_BC = language_groups(model.module)
+    assert sorted(encoded_shapes) == [(4, 8), (8, 8)]  # both branches traced; one runs
+    every_row_groups, every_row_embedding_BC = language_groups(model.module.clone(language_distinct_fraction=1.0))
+    np.testing.assert_allclose(groups["language"].tokens, every_row_groups["language"].tokens, atol=1e-5)
+    np.testing.assert_array_equal(groups["language"].mask, every_row_groups["language"].mask)
+    np.testing.assert_allclose(embedding_BC, every_row_embedding_BC, atol=1e-5)
+
+
 def matmul_dtypes(fn, *args) -> dict:
     """{primitive: [(output dtype, multiply-adds)]} of every matmul and convolution `fn` traces to,
     nested calls included."""

@@ -25,6 +25,9 @@ HEAD_NAMES = ("l1", "mse", "discrete", "diffusion", "flow")
 CONFIG_VARIANTS = [
     *(f"metaworld_scratch.py:{head},{size}" for head in HEAD_NAMES for size in ("tiny", "small", "base")),
     *(f"octo_scratch.py:{size},{head}" for size in ("tiny", "small", "base") for head in HEAD_NAMES),
+    "octo_scratch.py:small,fused_goal",
+    "octo_scratch.py:tiny,flow,fused_goal,readout_history",
+    "octo_scratch.py:base,readout_history",
     *(f"otter_metaworld.py:{selection},{head}" for selection in ("text_aware", "pooled") for head in HEAD_NAMES),
     "synthetic.py:default",
     "synthetic.py:two_robots",

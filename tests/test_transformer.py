@@ -222,6 +222,42 @@ def test_remat_gives_the_same_outputs(model_and_variables, apply):
         assert_same(got, want)
 
 
+@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("history", ["causal", "readout"])
+def test_readouts_only_gives_the_readouts_of_the_whole_output_and_their_gradients(model_and_variables, remat, history):
+    """The last block run on the readouts alone: the same readouts (and padding masks), and the
+    same gradients, as the full forward whose other outputs nobody reads."""
+    _, variables = model_and_variables
+    model = BlockTransformer(**MODEL, remat=remat, history=history)
+    task, obs = make_inputs()
+    obs["image"] = with_mask(obs["image"], lambda m: m.at[1, 0].set(False))
+    obs["wrist"] = with_mask(obs["wrist"], lambda m: m.at[1, 0].set(False))
+    timestep_BT = jnp.tile(jnp.arange(T), (B, 1))
+
+    def readouts(params, readouts_only):
+        outputs = model.apply(
+            {"params": params}, task, obs, READOUTS, train=False, timestep_BT=timestep_BT, readouts_only=readouts_only
+        )
+        return outputs[2]
+
+    def loss(params, readouts_only):
+        return sum(jnp.sum(jnp.sin(g.tokens)) for g in readouts(params, readouts_only).values())
+
+    full, only = (jax.jit(readouts, static_argnums=1)(variables["params"], flag) for flag in (False, True))
+    assert model.apply(variables, task, obs, READOUTS, train=False, timestep_BT=timestep_BT, readouts_only=True)[
+        :2
+    ] == (
+        {},
+        {},
+    )
+    for name in READOUTS:
+        assert_same(only[name].tokens, full[name].tokens)
+        np.testing.assert_array_equal(only[name].mask, full[name].mask)
+    full_grads, only_grads = (jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], f) for f in (False, True))
+    for got, want in zip(jax.tree.leaves(only_grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4)  # float32 sums reordered
+
+
 def test_dropout_keeps_the_attention_rules(model_and_variables, apply):
     _, variables = model_and_variables
     model = BlockTransformer(**MODEL, dropout_rate=0.1, attention_dropout_rate=0.5)

@@ -12,8 +12,15 @@ of that std per dimension, then unit length again): a rewording the policy never
 its task's training paraphrases but not on them, so the policy is taught the neighbourhood of
 each, not three points per task. octo_like.policy builds this module from a config and loads its
 pretrained parts.
+
+A batch repeats a few instructions (a task's paraphrases, the empty instruction of dropped
+language), and the frozen encoder is a large share of a small policy's step. It runs on the
+batch's distinct instructions, `language_distinct_fraction` of the rows at most, and their states
+are gathered back to every row; a batch with more distinct instructions runs it on every row. The
+result is the same either way; only the work differs.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +35,13 @@ from octo_like.model.scratch.transformer import BlockTransformer, FrameContext, 
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
+from octo_like.utils.sharding import constrain_batch
 
 # Parameter collections of the frozen encoders.
 LANGUAGE_ENCODER = "language_encoder"
 CLIP = "clip"
 LANGUAGE_TOKENS = ("all", "sentence")
+DEFAULT_DISTINCT_FRACTION = 0.5
 
 
 class PolicyNetwork(nn.Module):
@@ -49,6 +58,7 @@ class PolicyNetwork(nn.Module):
     language_from_clip: bool = False
     language_tokens: str = "all"
     language_noise_std: float = 0.0
+    language_distinct_fraction: float = DEFAULT_DISTINCT_FRACTION
 
     def setup(self):
         self.observation_tokenizer_modules = {
@@ -70,12 +80,8 @@ class PolicyNetwork(nn.Module):
             return {}, None
         ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
         mask_BL = language_mask(task)
-        if self.language_from_clip:
-            hidden_BLC = getattr(self, CLIP).encode_text(ids_BL, mask_BL.astype(jnp.int32))["token_embeds"]
-        else:
-            hidden_BLC = getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL.astype(jnp.int32))
         # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
-        hidden_BLC = jax.lax.stop_gradient(hidden_BLC)
+        hidden_BLC = jax.lax.stop_gradient(self._encode_distinct_instructions(ids_BL, mask_BL.astype(jnp.int32)))
         weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
         embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
         if self.language_tokens == "sentence":
@@ -88,6 +94,36 @@ class PolicyNetwork(nn.Module):
                 embedding_BC = sentence_BC * norm_B1  # FiLM reads the same jittered instruction, at its scale
             return {"language": TokenGroup(sentence_BC[:, None], mask_BL.any(axis=1, keepdims=True))}, embedding_BC
         return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
+
+    def _encode_instructions(self, ids_BL, mask_BL):
+        """The frozen encoder's token states [B, L, C]."""
+        if self.language_from_clip:
+            return getattr(self, CLIP).encode_text(ids_BL, mask_BL)["token_embeds"]
+        return getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL)
+
+    def _encode_distinct_instructions(self, ids_BL, mask_BL):
+        """`_encode_instructions`, run on the batch's K distinct (ids, mask) rows when they number
+        at most K = ceil(language_distinct_fraction * B), else on all B rows (see the module doc)."""
+        batch = ids_BL.shape[0]
+        k = math.ceil(self.language_distinct_fraction * batch)
+        if k >= batch or self.is_initializing():
+            return self._encode_instructions(ids_BL, mask_BL)
+        rows_B2L = jnp.concatenate([ids_BL, mask_BL], axis=1)
+        distinct_K2L, inverse_B, counts_K = jnp.unique(
+            rows_B2L, axis=0, size=k, return_inverse=True, return_counts=True
+        )
+        # Truncated to K rows, the counts of a batch with more distinct rows sum to less than B.
+        all_distinct_fit = counts_K.sum() == batch
+        distinct_K2L = constrain_batch(distinct_K2L)  # the K rows split over the batch devices, as B would be
+
+        def on_distinct(network, distinct_K2L, inverse_B, ids_BL, mask_BL):
+            ids_KL, mask_KL = jnp.split(distinct_K2L, 2, axis=1)
+            return network._encode_instructions(ids_KL, mask_KL)[inverse_B]
+
+        def on_every_row(network, distinct_K2L, inverse_B, ids_BL, mask_BL):
+            return network._encode_instructions(ids_BL, mask_BL)
+
+        return nn.cond(all_distinct_fit, on_distinct, on_every_row, self, distinct_K2L, inverse_B, ids_BL, mask_BL)
 
     def task_groups(self, task, *, train: bool) -> tuple[dict[str, TokenGroup], jax.Array | None]:
         """The task token groups (language, then the task tokenizers') and the pooled instruction."""
@@ -118,7 +154,12 @@ class PolicyNetwork(nn.Module):
         task_groups, language_embedding_BC = self.task_groups(task, train=train)
         obs_groups = self.observation_groups(observation, task, task_groups, language_embedding_BC, train=train)
         _, _, readout_out = self.block_transformer(
-            task_groups, obs_groups, self._readout_sizes, train=train, timestep_BT=observation.get("timestep")
+            task_groups,
+            obs_groups,
+            self._readout_sizes,
+            train=train,
+            timestep_BT=observation.get("timestep"),
+            readouts_only=True,
         )
         return readout_out
 

@@ -147,14 +147,18 @@ class _Attention(nn.Module):
     attention_dropout_rate: float
 
     @nn.compact
-    def __call__(self, x_BLC: jax.Array, mask_B1QK: jax.Array, train: bool, context_kv=None):
-        """Attention of the L tokens over `context_kv` (cached keys and values [B, K', H, D] of
-        earlier tokens, or None) followed by their own; returns the output and their own (k, v)."""
+    def __call__(self, x_BLC: jax.Array, mask_B1QK: jax.Array, train: bool, context_kv=None, query_index=None):
+        """Attention of the L tokens (or of those at `query_index` alone, a tuple of positions: Q
+        queries) over `context_kv` (cached keys and values [B, K', H, D] of earlier tokens, or
+        None) followed by all L; returns the queries' output and the L tokens' own (k, v)."""
         batch_size, length, width = x_BLC.shape
         head_shape = (self.num_heads, width // self.num_heads)
-        q_BLHD, k_BLHD, v_BLHD = (
-            nn.DenseGeneral(head_shape, kernel_init=_KERNEL_INIT, name=name)(x_BLC)
-            for name in ("query", "key", "value")
+        query_positions = np.arange(length) if query_index is None else np.asarray(query_index, np.int64)
+        q_BQHD = nn.DenseGeneral(head_shape, kernel_init=_KERNEL_INIT, name="query")(
+            x_BLC if query_index is None else x_BLC[:, query_positions]
+        )
+        k_BLHD, v_BLHD = (
+            nn.DenseGeneral(head_shape, kernel_init=_KERNEL_INIT, name=name)(x_BLC) for name in ("key", "value")
         )
         own_kv = (k_BLHD, v_BLHD)
         if context_kv is not None:
@@ -163,19 +167,22 @@ class _Attention(nn.Module):
         num_keys = k_BLHD.shape[1]
         if train and self.attention_dropout_rate > 0.0:
             # dot_product_attention has no dropout on probabilities, so keys are dropped before
-            # the softmax instead (DropKey, Li et al. 2023). The diagonal stays so no row is empty.
+            # the softmax instead (DropKey, Li et al. 2023). Each query keeps itself so no row is empty.
             keep_BHQK = jax.random.bernoulli(
                 self.make_rng("dropout"),
                 1.0 - self.attention_dropout_rate,
-                (batch_size, self.num_heads, length, num_keys),
+                (batch_size, self.num_heads, len(query_positions), num_keys),
             )
-            mask_B1QK = (mask_B1QK & keep_BHQK) | jnp.eye(length, num_keys, num_keys - length, dtype=bool)
-        out_BLHD = jax.nn.dot_product_attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_B1QK)
-        return nn.DenseGeneral(width, axis=(-2, -1), kernel_init=_KERNEL_INIT, name="out")(out_BLHD), own_kv
+            own_QK = np.zeros((len(query_positions), num_keys), bool)
+            own_QK[np.arange(len(query_positions)), num_keys - length + query_positions] = True
+            mask_B1QK = (mask_B1QK & keep_BHQK) | own_QK
+        out_BQHD = jax.nn.dot_product_attention(q_BQHD, k_BLHD, v_BLHD, mask=mask_B1QK)
+        return nn.DenseGeneral(width, axis=(-2, -1), kernel_init=_KERNEL_INIT, name="out")(out_BQHD), own_kv
 
 
 class _Block(nn.Module):
-    """Pre-LayerNorm block: x + Attention(LN(x)), then x + MLP(LN(x)). Returns (x, own (k, v))."""
+    """Pre-LayerNorm block: x + Attention(LN(x)), then x + MLP(LN(x)). Returns (x, own (k, v));
+    with `query_index` (a tuple of positions) x only at those positions, every token's (k, v)."""
 
     num_heads: int
     mlp_dim: int
@@ -183,10 +190,12 @@ class _Block(nn.Module):
     attention_dropout_rate: float
 
     @nn.compact
-    def __call__(self, x_BLC: jax.Array, mask_B1QK: jax.Array, train: bool, context_kv=None):
+    def __call__(self, x_BLC: jax.Array, mask_B1QK: jax.Array, train: bool, context_kv=None, query_index=None):
         y_BLC = nn.LayerNorm(name="attention_norm")(x_BLC)
         attention = _Attention(self.num_heads, self.attention_dropout_rate, name="attention")
-        y_BLC, own_kv = attention(y_BLC, mask_B1QK, train, context_kv)
+        y_BLC, own_kv = attention(y_BLC, mask_B1QK, train, context_kv, query_index)
+        if query_index is not None:
+            x_BLC = x_BLC[:, np.asarray(query_index, np.int64)]
         x_BLC = x_BLC + nn.Dropout(self.dropout_rate)(y_BLC, deterministic=not train)
 
         y_BLC = nn.LayerNorm(name="mlp_norm")(x_BLC)
@@ -290,8 +299,9 @@ class BlockTransformer(nn.Module):
         _check_history(self.history)
         if self.token_dim % self.num_heads:
             raise InputError(f"token_dim={self.token_dim}: expected a multiple of num_heads={self.num_heads}")
-        # `train` is Python control flow inside the block: static (argument 3 of self, x, mask, train).
-        block = nn.remat(_Block, static_argnums=(3,)) if self.remat else _Block
+        # `train` and `query_index` are Python values inside the block: static (arguments 3 and 5
+        # of self, x, mask, train, context_kv, query_index).
+        block = nn.remat(_Block, static_argnums=(3, 5)) if self.remat else _Block
         self.blocks = [
             block(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate, name=f"block_{i}")
             for i in range(self.num_layers)
@@ -353,14 +363,18 @@ class BlockTransformer(nn.Module):
         readouts = (jnp.concatenate(readout_BTNC, axis=2), jnp.concatenate(readout_mask_BTN, axis=2))
         return task, obs, readouts
 
-    def _run(self, x_BLC, mask_B1QK, train: bool, context_kv=None):
+    def _run(self, x_BLC, mask_B1QK, train: bool, context_kv=None, output_index=None):
         """The blocks and the final norm; returns the output and each layer's own (k, v), stacked
-        [layers, B, L, H, D]. `context_kv` holds each layer's cached keys and values [layers, ...]."""
+        [layers, B, L, H, D]. `context_kv` holds each layer's cached keys and values [layers, ...].
+        With `output_index` (a tuple of positions) the output is those tokens' alone: the last
+        block computes only the keys and values of the others (what later tokens read of them)."""
         x_BLC = constrain_batch(self.input_dropout(x_BLC, deterministic=not train))
         own_k, own_v = [], []
         for i, block in enumerate(self.blocks):
             layer_context = None if context_kv is None else (context_kv[0][i], context_kv[1][i])
-            x_BLC, (k_BLHD, v_BLHD) = block(x_BLC, mask_B1QK, train, layer_context)
+            query_index = output_index if i == len(self.blocks) - 1 else None
+            layer_mask_B1QK = mask_B1QK if query_index is None else mask_B1QK[:, :, np.asarray(query_index, np.int64)]
+            x_BLC, (k_BLHD, v_BLHD) = block(x_BLC, layer_mask_B1QK, train, layer_context, query_index)
             x_BLC = constrain_batch(x_BLC)  # activations stay split by example between blocks (see utils/sharding.py)
             own_k.append(k_BLHD)
             own_v.append(v_BLHD)
@@ -374,7 +388,11 @@ class BlockTransformer(nn.Module):
         *,
         train: bool,
         timestep_BT: jax.Array | None = None,
+        readouts_only: bool = False,
     ) -> tuple[dict[str, TokenGroup], dict[str, TokenGroup], dict[str, TokenGroup]]:
+        """With `readouts_only`, task_out and obs_out are empty and the last block runs the
+        readouts alone as queries (nothing reads the other tokens' last outputs: a policy's heads
+        read readouts), which saves that block's work on every other token."""
         batch_size, num_timesteps = _check_groups(task_groups, obs_groups, readout_groups, self.num_timesteps_max)
         width = self.token_dim
         task, (obs_BTMC, obs_mask_BTM), (readout_BTRC, readout_mask_BTR) = self._embed(
@@ -394,13 +412,22 @@ class BlockTransformer(nn.Module):
         for slot in range(num_timesteps):
             segments += _step_segments(obs_sizes, readout_sizes, slot)
         labels = _labels(segments)
-        x_BLC, _ = self._run(x_BLC, _attention_mask(labels, labels, valid_BL, self.history), train)
+        mask_B1LL = _attention_mask(labels, labels, valid_BL, self.history)
+        step_splits = np.cumsum(obs_sizes + readout_sizes)[:-1]
+        step_mask_BTNs = jnp.split(step_mask_BTM, step_splits, axis=2)
+        if readouts_only:
+            readout_index = tuple(int(i) for i in np.flatnonzero(labels[0] == _READOUT))
+            x_BRC, _ = self._run(x_BLC, mask_B1LL, train, output_index=readout_index)
+            readout_out_BTRC = x_BRC.reshape(batch_size, num_timesteps, -1, width)
+            readouts_BTNC = jnp.split(readout_out_BTRC, np.cumsum(readout_sizes)[:-1], axis=2)
+            readout_masks = step_mask_BTNs[len(obs_groups) :]
+            return {}, {}, {name: TokenGroup(t, m) for name, t, m in zip(readout_groups, readouts_BTNC, readout_masks)}
+        x_BLC, _ = self._run(x_BLC, mask_B1LL, train)
 
         num_task = sum(task_sizes)
         task_out_BNC = jnp.split(x_BLC[:, :num_task], np.cumsum(task_sizes)[:-1], axis=1)
         step_out_BTMC = x_BLC[:, num_task:].reshape(batch_size, num_timesteps, -1, width)
-        step_out_BTNC = jnp.split(step_out_BTMC, np.cumsum(obs_sizes + readout_sizes)[:-1], axis=2)
-        step_mask_BTNs = jnp.split(step_mask_BTM, np.cumsum(obs_sizes + readout_sizes)[:-1], axis=2)
+        step_out_BTNC = jnp.split(step_out_BTMC, step_splits, axis=2)
         step_out = [TokenGroup(t, m) for t, m in zip(step_out_BTNC, step_mask_BTNs)]
         task_mask_BNs = [g.mask.astype(bool) for g in task_groups.values()]
         return (
@@ -471,18 +498,22 @@ class BlockTransformer(nn.Module):
         key_labels = _labels(context_segments + query_segments)
         valid_key_BK = jnp.concatenate([*context_valid, valid_BQ], axis=1)
         context_kv = (jnp.concatenate(context_k, axis=2), jnp.concatenate(context_v, axis=2)) if context_k else None
-        x_BQC, (k_LBQHD, v_LBQHD) = self._run(
-            x_BQC, _attention_mask(query_labels, key_labels, valid_key_BK, self.history), False, context_kv
-        )
-
         num_obs = obs_BTMC.shape[1] * obs_BTMC.shape[2]
+        readout_index = tuple(range(num_obs, x_BQC.shape[1]))  # the readouts come last
+        x_BRC, (k_LBQHD, v_LBQHD) = self._run(
+            x_BQC,
+            _attention_mask(query_labels, key_labels, valid_key_BK, self.history),
+            False,
+            context_kv,
+            output_index=readout_index,
+        )
         frames_shape = (batch_size, num_new, obs_BTMC.shape[2])
         new_frames = FrameContext(
             k_LBQHD[:, :, :num_obs].reshape(self.num_layers, *frames_shape, *k_LBQHD.shape[-2:]),
             v_LBQHD[:, :, :num_obs].reshape(self.num_layers, *frames_shape, *v_LBQHD.shape[-2:]),
             obs_mask_BTM,
         )
-        readout_B1RC = x_BQC[:, num_obs:].reshape(batch_size, 1, -1, width)
+        readout_B1RC = x_BRC.reshape(batch_size, 1, -1, width)
         readouts = jnp.split(readout_B1RC, np.cumsum(readout_sizes)[:-1], axis=2)
         masks = jnp.split(readout_mask_B1R, np.cumsum(readout_sizes)[:-1], axis=2)
         return {name: TokenGroup(t, m) for name, t, m in zip(readout_groups, readouts, masks)}, new_frames
