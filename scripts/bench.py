@@ -21,7 +21,8 @@ restructure, normalize, chunk), frames/s (plus decode, resize, augment) and batc
 pipeline, shuffle and batch included), each with all parallelism on and with one thread per stage,
 and their ratio side by side.
 
-`train`: the model of a config's `model` section on one real batch of its dataset: parameter
+`train`: the model of a config's `model` section on one real batch of its dataset (with the frozen
+instruction encoder's states computed outside the step, as train.py does): parameter
 count, and for each `--compute_dtypes` entry (default float32 and bfloat16, with their ratio) train
 steps/s, examples/s (jitted step, data loading excluded), FLOPs per step (XLA's count) and MFU
 against the chip's dense bf16 peak where it is known (GPUs, TPUs; null on CPUs); peak host memory;
@@ -259,9 +260,10 @@ def peak_flops(device) -> float | None:
     return next((flops for kind, flops in PEAK_BF16_FLOPS.items() if kind in device.device_kind), None)
 
 
-def _first_step_seconds(train_step, make_state, device_batch) -> dict:
-    """Seconds from calling the jitted `train_step` to its result, in a new temporary persistent
-    compilation cache: cold (empty: tracing and compilation) and warm (tracing, and the executable
+def _first_step_seconds(train_step, make_state, make_batch) -> dict:
+    """Seconds from making the device batch (`make_batch`: as train.py, with the instruction
+    states) to the result of the jitted `train_step` on it, in a new temporary persistent
+    compilation cache: cold (empty: tracing and compilation) and warm (tracing, and the executables
     the cold call wrote), the in-memory caches cleared before each, as two new processes see it."""
     import tempfile
 
@@ -272,7 +274,7 @@ def _first_step_seconds(train_step, make_state, device_batch) -> dict:
         jax.clear_caches()
         state = make_state()
         start = time.perf_counter()
-        jax.block_until_ready(train_step(state, device_batch))
+        jax.block_until_ready(train_step(state, make_batch()))
         return time.perf_counter() - start
 
     user_cache_dir = jax.config.jax_compilation_cache_dir
@@ -293,6 +295,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
 
     import jax
 
+    from octo_like.train.instruction_states import InstructionStates
     from octo_like.train.optim import frozen_parameters, make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import COMPUTE_DTYPES, make_train_step
@@ -305,7 +308,13 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     optimizer, _ = make_optimizer(model.params, config["optimizer"], config["num_steps"], model.frozen_keys)
     frozen = frozen_parameters(model.params, config["optimizer"], model.frozen_keys)
     host_params = jax.device_get(model.params)  # each dtype's state gets its own buffers: the step donates them
-    device_batch = jax.device_put({key: value for key, value in batch.items() if key != "dataset_name"})
+
+    def make_batch():  # as train.py feeds its step: the frozen encoder's states computed outside it
+        instruction_states = InstructionStates.for_model(model)
+        train_batch = batch if instruction_states is None else instruction_states(batch)
+        return jax.device_put({key: value for key, value in train_batch.items() if key != "dataset_name"})
+
+    device_batch = make_batch()
     device = jax.devices()[0]
     peak = peak_flops(device)
     batch_size = batch["action"].shape[0]
@@ -327,7 +336,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
         steps_per_s = calls_per_second(step, seconds, warmup=2)
         if name == compute_dtypes[0]:
             first_step_s = _first_step_seconds(
-                train_step, lambda: TrainState.create(host_params, optimizer, jax.random.key(1)), device_batch
+                train_step, lambda: TrainState.create(host_params, optimizer, jax.random.key(1)), make_batch
             )
         by_dtype[name] = {
             "steps_per_s": steps_per_s,

@@ -102,38 +102,36 @@ def test_loss_is_finite_and_language_gets_no_gradient(model):
     assert any(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads["head_modules_action"]))
 
 
-@pytest.mark.parametrize("distinct", [3, 8], ids=["few_instructions", "every_row_its_own"])
-def test_the_frozen_encoder_runs_on_the_distinct_instructions_and_gives_every_rows_states(model, distinct):
-    """Eight rows: with 3 distinct instructions (one of them dropped: padding) the encoder runs on
-    ceil(0.5 * 8) = 4 rows; with 8 it runs on all of them; the states equal the plain encoder's."""
-    import flax.linen as nn
+def test_instruction_states_computed_once_per_instruction_give_the_encoders_loss(model):
+    """The frozen encoder's states from the host cache (as training feeds them) give the loss and
+    gradients of the encoder run in the step; each distinct instruction is encoded once, and a
+    dropped instruction (padding) is its own row."""
+    from octo_like.train.instruction_states import InstructionStates
+
+    def batch_with(ids_BL, present_B):
+        batch = {key: value for key, value in example_batch().items() if key != "dataset_name"}
+        language = {"input_ids": ids_BL, "attention_mask": np.ones_like(ids_BL)}
+        batch["task"] = {"language_instruction": language, "pad_mask_dict": {"language_instruction": present_B}}
+        return batch
 
     rng = np.random.default_rng(0)
-    instructions_DL = rng.integers(1000, 2000, (distinct, 8)).astype(np.int32)
-    rows_B = np.arange(8) % distinct
-    task = {
-        "language_instruction": {"input_ids": instructions_DL[rows_B], "attention_mask": np.ones((8, 8), np.int32)},
-        "pad_mask_dict": {"language_instruction": rows_B != 2},
-    }
-    encoded_shapes = []
-
-    def record(next_fun, args, kwargs, context):
-        if context.method_name == "_encode_instructions":
-            encoded_shapes.append(args[0].shape)
-        return next_fun(*args, **kwargs)
-
-    def language_groups(module):
-        return jax.jit(
-            lambda params: module.apply({"params": params}, task, train=False, method=type(module).language_groups)
-        )(model.params)
-
-    with nn.intercept_methods(record):
-        groups, embedding_BC = language_groups(model.module)
-    assert sorted(encoded_shapes) == [(4, 8), (8, 8)]  # both branches traced; one runs
-    every_row_groups, every_row_embedding_BC = language_groups(model.module.clone(language_distinct_fraction=1.0))
-    np.testing.assert_allclose(groups["language"].tokens, every_row_groups["language"].tokens, atol=1e-5)
-    np.testing.assert_array_equal(groups["language"].mask, every_row_groups["language"].mask)
-    np.testing.assert_allclose(embedding_BC, every_row_embedding_BC, atol=1e-5)
+    ids_3L = rng.integers(1000, 2000, (3, 8)).astype(np.int32)
+    first, second = batch_with(ids_3L[[0, 0]], np.array([True, False])), batch_with(ids_3L[[0, 1]], np.ones(B, bool))
+    states = InstructionStates.for_model(model, max_instructions=2)
+    value_and_grad = jax.jit(jax.value_and_grad(model.loss, has_aux=True), static_argnums=3)
+    for batch in (first, second):
+        with_states = states(batch)
+        assert with_states["task"]["language_instruction"]["states"].shape == (B, 8, 384)
+        (loss, _), grads = value_and_grad(model.params, with_states, jax.random.key(1), False)
+        (expected_loss, _), expected_grads = value_and_grad(model.params, batch, jax.random.key(1), False)
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    # Rows: instruction 0, instruction 0 dropped (all masked), then instruction 1: three encoded;
+    # the second batch's instruction 0 was reused. Two kept at most: the least recently used went.
+    assert states.encoded_rows == 3 and len(states._states) == 2
+    states(batch_with(ids_3L[[0, 0]], np.array([True, False])))
+    assert states.encoded_rows == 4  # the dropped row had been forgotten
 
 
 def matmul_dtypes(fn, *args) -> dict:

@@ -8,9 +8,7 @@ The `model` section of an experiment config:
     task_tokenizers:        {name: spec}   e.g. spec.create(GoalImageTokenizer, camera="primary")
     language:               {"max_length": 16, "tokenizer_json": None, "checkpoint": None,
                              "encoder": "minilm" | "clip" | "backbone", "tokens": "all" | "sentence",
-                             "noise_std": 0.0 (train-time jitter of the sentence token),
-                             "distinct_fraction": 0.5 (the frozen encoder runs on a batch's distinct
-                             instructions, up to this fraction of its rows; 1.0: every row)} or None
+                             "noise_std": 0.0 (train-time jitter of the sentence token)} or None
     clip:                   {"checkpoint": None, "size": "tiny", "config": None} or None
     readouts:               {name: number of tokens}, e.g. {"action": 1}
     transformer:            {"size": "tiny"|"small"|"base", **BlockTransformer overrides}
@@ -40,13 +38,7 @@ from octo_like.hf.minilm import bert_config_from_hf, load_bert_params
 from octo_like.hf.paligemma import load_paligemma_params, paligemma_config_from_hf
 from octo_like.model.architecture import resolve_architecture
 from octo_like.model.lora import GEMMA_LORA_TARGETS, init_lora
-from octo_like.model.scratch.network import (
-    CLIP,
-    DEFAULT_DISTINCT_FRACTION,
-    LANGUAGE_ENCODER,
-    LANGUAGE_TOKENS,
-    PolicyNetwork,
-)
+from octo_like.model.scratch.network import CLIP, LANGUAGE_ENCODER, LANGUAGE_TOKENS, PolicyNetwork
 from octo_like.model.scratch.transformer import transformer_settings
 from octo_like.model.vision.clip import CLIP_SIZES, CLIPConfig
 from octo_like.model.vla.action_expert import TIME_CONDITIONINGS
@@ -142,9 +134,6 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
             f"model.language.noise_std={noise_std}; expected a number >= 0, "
             "and 0 unless model.language.tokens='sentence'"
         )
-    distinct_fraction = (language or {}).get("distinct_fraction", DEFAULT_DISTINCT_FRACTION)
-    if not (isinstance(distinct_fraction, int | float) and 0 < distinct_fraction <= 1):
-        raise InputError(f"model.language.distinct_fraction={distinct_fraction}; expected a number in (0, 1]")
     clip = model_config.get("clip")
     if encoder == "clip" and clip is None:
         raise InputError("model.language.encoder='clip' needs a model.clip section")
@@ -164,7 +153,6 @@ def make_network(model_config: Mapping, window_size: int) -> PolicyNetwork | VLA
         language_from_clip=language is not None and encoder == "clip",
         language_tokens=language_tokens,
         language_noise_std=float(noise_std),
-        language_distinct_fraction=float(distinct_fraction),
     )
 
 

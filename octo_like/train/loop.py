@@ -37,6 +37,7 @@ from octo_like.policy.model import PolicyModel
 from octo_like.policy.registry import RELEASE_CONFIG, read_config_json
 from octo_like.train import checkpoint as checkpoint_lib
 from octo_like.train import distributed
+from octo_like.train.instruction_states import InstructionStates
 from octo_like.train.mesh import batch_sharding, check_batch_size, make_mesh, param_shardings, shard_batch
 from octo_like.train.metrics import MetricsWriter, check_finite_metrics, plot_losses
 from octo_like.train.optim import frozen_parameters, make_optimizer
@@ -210,6 +211,9 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
         batch_sharding=batch_sharding(mesh),
     )
     eval_step = make_eval_step(model.loss, model.action_mse)
+    # The frozen instruction encoder runs once per distinct instruction, outside the step.
+    instruction_states = InstructionStates.for_model(model)
+    with_states = instruction_states or (lambda batch: batch)
     start_step = int(state.step)
     writer = MetricsWriter(run_dir, active=primary, resumed_step=start_step)
     rollout_settings = RolloutEvalSettings.from_config(config)
@@ -250,7 +254,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
         loop_start = time.perf_counter()
         for step in progress:
             batch = example_batch if step == 0 else next(train_batches)
-            state, metrics = train_step(state, shard_batch(batch, mesh))
+            state, metrics = train_step(state, shard_batch(with_states(batch), mesh))
             window_steps += 1
             if step == start_step and primary:
                 # What a user waits for before training runs: tracing and compilation (or loading
@@ -275,7 +279,7 @@ def _train(config: dict, init_params: Callable[[PolicyModel], dict] | None, mesh
             if (step + 1) % config["eval_interval"] == 0 or step + 1 == config["num_steps"]:
                 val_batches = itertools.islice(val_data.iterator(), config["eval_batches"])
                 val_metrics = [
-                    jax.device_get(eval_step(state.params, shard_batch(batch, mesh), jax.random.key(step)))
+                    jax.device_get(eval_step(state.params, shard_batch(with_states(batch), mesh), jax.random.key(step)))
                     for batch in val_batches
                 ]
                 if val_metrics:

@@ -13,14 +13,12 @@ its task's training paraphrases but not on them, so the policy is taught the nei
 each, not three points per task. octo_like.policy builds this module from a config and loads its
 pretrained parts.
 
-A batch repeats a few instructions (a task's paraphrases, the empty instruction of dropped
-language), and the frozen encoder is a large share of a small policy's step. It runs on the
-batch's distinct instructions, `language_distinct_fraction` of the rows at most, and their states
-are gathered back to every row; a batch with more distinct instructions runs it on every row. The
-result is the same either way; only the work differs.
+The encoder's output for an instruction never changes, so training computes it once per distinct
+instruction on the host (octo_like/train/instruction_states.py) and passes it in the batch as
+`task["language_instruction"]["states"]` (float32 [B, L, C]); where it is present the encoder
+does not run.
 """
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,13 +33,11 @@ from octo_like.model.scratch.transformer import BlockTransformer, FrameContext, 
 from octo_like.model.tokens import TokenGroup
 from octo_like.model.vision.clip import CLIPConfig, CLIPModel
 from octo_like.utils import spec as spec_lib
-from octo_like.utils.sharding import constrain_batch
 
 # Parameter collections of the frozen encoders.
 LANGUAGE_ENCODER = "language_encoder"
 CLIP = "clip"
 LANGUAGE_TOKENS = ("all", "sentence")
-DEFAULT_DISTINCT_FRACTION = 0.5
 
 
 class PolicyNetwork(nn.Module):
@@ -58,7 +54,6 @@ class PolicyNetwork(nn.Module):
     language_from_clip: bool = False
     language_tokens: str = "all"
     language_noise_std: float = 0.0
-    language_distinct_fraction: float = DEFAULT_DISTINCT_FRACTION
 
     def setup(self):
         self.observation_tokenizer_modules = {
@@ -78,10 +73,16 @@ class PolicyNetwork(nn.Module):
         """({"language": TokenGroup} or {}, the pooled instruction embedding [B, C] or None)."""
         if self.language is None and not self.language_from_clip:
             return {}, None
-        ids_BL = jnp.asarray(task["language_instruction"]["input_ids"], jnp.int32)
+        language = task["language_instruction"]
         mask_BL = language_mask(task)
+        if "states" in language:  # computed once per instruction, outside the step
+            hidden_BLC = jnp.asarray(language["states"])
+        else:
+            hidden_BLC = self.encode_instructions(
+                jnp.asarray(language["input_ids"], jnp.int32), mask_BL.astype(jnp.int32)
+            )
         # Frozen: no gradient reaches the encoder (the optimizer also leaves it untouched).
-        hidden_BLC = jax.lax.stop_gradient(self._encode_distinct_instructions(ids_BL, mask_BL.astype(jnp.int32)))
+        hidden_BLC = jax.lax.stop_gradient(hidden_BLC)
         weights_BL1 = mask_BL[..., None].astype(hidden_BLC.dtype)
         embedding_BC = (hidden_BLC * weights_BL1).sum(1) / jnp.maximum(weights_BL1.sum(1), 1.0)
         if self.language_tokens == "sentence":
@@ -95,35 +96,11 @@ class PolicyNetwork(nn.Module):
             return {"language": TokenGroup(sentence_BC[:, None], mask_BL.any(axis=1, keepdims=True))}, embedding_BC
         return {"language": TokenGroup(hidden_BLC, mask_BL)}, embedding_BC
 
-    def _encode_instructions(self, ids_BL, mask_BL):
-        """The frozen encoder's token states [B, L, C]."""
+    def encode_instructions(self, ids_BL, mask_BL):
+        """The frozen encoder's token states [B, L, C] of instructions (ids and mask int32 [B, L])."""
         if self.language_from_clip:
             return getattr(self, CLIP).encode_text(ids_BL, mask_BL)["token_embeds"]
         return getattr(self, LANGUAGE_ENCODER)(ids_BL, mask_BL)
-
-    def _encode_distinct_instructions(self, ids_BL, mask_BL):
-        """`_encode_instructions`, run on the batch's K distinct (ids, mask) rows when they number
-        at most K = ceil(language_distinct_fraction * B), else on all B rows (see the module doc)."""
-        batch = ids_BL.shape[0]
-        k = math.ceil(self.language_distinct_fraction * batch)
-        if k >= batch or self.is_initializing():
-            return self._encode_instructions(ids_BL, mask_BL)
-        rows_B2L = jnp.concatenate([ids_BL, mask_BL], axis=1)
-        distinct_K2L, inverse_B, counts_K = jnp.unique(
-            rows_B2L, axis=0, size=k, return_inverse=True, return_counts=True
-        )
-        # Truncated to K rows, the counts of a batch with more distinct rows sum to less than B.
-        all_distinct_fit = counts_K.sum() == batch
-        distinct_K2L = constrain_batch(distinct_K2L)  # the K rows split over the batch devices, as B would be
-
-        def on_distinct(network, distinct_K2L, inverse_B, ids_BL, mask_BL):
-            ids_KL, mask_KL = jnp.split(distinct_K2L, 2, axis=1)
-            return network._encode_instructions(ids_KL, mask_KL)[inverse_B]
-
-        def on_every_row(network, distinct_K2L, inverse_B, ids_BL, mask_BL):
-            return network._encode_instructions(ids_BL, mask_BL)
-
-        return nn.cond(all_distinct_fit, on_distinct, on_every_row, self, distinct_K2L, inverse_B, ids_BL, mask_BL)
 
     def task_groups(self, task, *, train: bool) -> tuple[dict[str, TokenGroup], jax.Array | None]:
         """The task token groups (language, then the task tokenizers') and the pooled instruction."""
