@@ -299,6 +299,7 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     from octo_like.train.optim import frozen_parameters, make_optimizer
     from octo_like.train.state import TrainState
     from octo_like.train.step import COMPUTE_DTYPES, make_train_step
+    from octo_like.utils.flops import matmul_flops
 
     for name in compute_dtypes:  # before any data or model work
         if name not in COMPUTE_DTYPES:
@@ -322,11 +323,11 @@ def bench_train(config: dict, seconds: float, compute_dtypes: list[str]) -> dict
     for name in compute_dtypes:
         train_step = make_train_step(model.loss, optimizer, frozen=frozen, compute_dtype=COMPUTE_DTYPES[name])
         state = TrainState.create(host_params, optimizer, jax.random.key(1))
-        # Compiled once, for the FLOPs of one step as XLA counts them after optimization (forward,
-        # backward and update) and for the timed steps (calling `train_step` would compile again).
+        # Compiled once for the timed steps (calling `train_step` would compile again). FLOPs of
+        # the matrix products and convolutions of forward, backward and update, counted on the
+        # jaxpr: XLA's cost analysis counts a scanned body (scan_layers, micro-batches) once.
         compiled_step = train_step.lower(state, device_batch).compile()
-        cost = compiled_step.cost_analysis()
-        flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops")
+        flops = matmul_flops(train_step, state, device_batch)
 
         def step():
             nonlocal state

@@ -17,7 +17,7 @@ STEM = {"features": (8, 16), "num_features": 32, "patch_size": 8}
 ROLLOUT_STEPS = 20
 
 
-def config(history: str, layout: str, head: str, window: int) -> dict:
+def config(history: str, layout: str, head: str, window: int, scan_layers: bool = False) -> dict:
     if layout == "fused_goal":  # Octo's layout: no language, the goal stacked on the frame's channels
         observation = {"primary": spec.create(ImageTokenizer, camera="primary", stem_kwargs=STEM, fuse_goal=True)}
         task, language = {}, None
@@ -30,7 +30,9 @@ def config(history: str, layout: str, head: str, window: int) -> dict:
             {"goal": spec.create(GoalImageTokenizer, camera="primary", stem_kwargs=STEM)},
             {"max_length": 8},
         )
-    transformer = {"num_layers": 2, "token_dim": 32, "num_heads": 2, "mlp_dim": 64, "history": history}
+    # Scanned layers: two under lax.scan and the last apart.
+    transformer = {"num_layers": 3 if scan_layers else 2, "token_dim": 32, "num_heads": 2, "mlp_dim": 64}
+    transformer.update(history=history, scan_layers=scan_layers)
     return {
         "model": {
             "observation_tokenizers": observation,
@@ -72,8 +74,8 @@ def example_batch(window: int, batch: int = 2) -> dict:
     }
 
 
-def make_model(history="readout", layout="language_goal", head="diffusion", window=2) -> PolicyModel:
-    run_config = config(history, layout, head, window)
+def make_model(history="readout", layout="language_goal", head="diffusion", window=2, scan_layers=False) -> PolicyModel:
+    run_config = config(history, layout, head, window, scan_layers)
     statistics = {
         "toy": {"action": {"mean": np.zeros(A), "std": np.ones(A)}, "proprio": {"mean": np.zeros(P), "std": np.ones(P)}}
     }
@@ -135,14 +137,14 @@ def model_observation(window_observation: dict) -> dict:
     return observation
 
 
-# (history, layout, head, window, every): the policy asked at every environment step, or at every
-# other one (receding horizon control: the frame between two calls was never seen).
+# (history, layout, head, window, every, scan_layers): the policy asked at every environment step,
+# or at every other one (receding horizon control: the frame between two calls was never seen).
 CASES = [
-    ("readout", "language_goal", "flow", 2, 1),
-    ("causal", "language_goal", "l1", 2, 1),
-    ("readout", "language_goal", "diffusion", 2, 2),
-    ("readout", "fused_goal", "flow", 3, 1),
-    ("causal", "fused_goal", "diffusion", 3, 2),
+    ("readout", "language_goal", "flow", 2, 1, False),
+    ("causal", "language_goal", "l1", 2, 1, True),
+    ("readout", "language_goal", "diffusion", 2, 2, False),
+    ("readout", "fused_goal", "flow", 3, 1, True),
+    ("causal", "fused_goal", "diffusion", 3, 2, False),
 ]
 
 
@@ -151,9 +153,9 @@ def readouts(model, method, *args, **kwargs):
     return np.asarray((out[0] if isinstance(out, tuple) else out)["readout_action"].tokens[:, -1])
 
 
-@pytest.mark.parametrize("history, layout, head, window, every", CASES)
-def test_cached_actions_equal_uncached_over_a_rollout(history, layout, head, window, every):
-    model = make_model(history, layout, head, window)
+@pytest.mark.parametrize("history, layout, head, window, every, scan_layers", CASES)
+def test_cached_actions_equal_uncached_over_a_rollout(history, layout, head, window, every, scan_layers):
+    model = make_model(history, layout, head, window, scan_layers)
     goals = {"image_primary": example_batch(window)["task"]["image_primary"][:1]}
     task = model.create_tasks(texts=["open the drawer"], goals=goals)
     cache = model.episode_cache(task)

@@ -7,7 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from octo_like.model.scratch.transformer import TRANSFORMER_SIZES, BlockTransformer, block_attention_mask
+from octo_like.model.scratch.transformer import (
+    TRANSFORMER_SIZES,
+    BlockTransformer,
+    block_attention_mask,
+    match_layer_layout,
+)
 from octo_like.model.tokens import TokenGroup
 from octo_like.utils.errors import InputError
 
@@ -256,6 +261,48 @@ def test_readouts_only_gives_the_readouts_of_the_whole_output_and_their_gradient
     full_grads, only_grads = (jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], f) for f in (False, True))
     for got, want in zip(jax.tree.leaves(only_grads), jax.tree.leaves(full_grads)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4)  # float32 sums reordered
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_equal_the_unrolled_ones_and_finetuning_moves_between_them(remat):
+    """scan_layers: all blocks but the last under one scanned block. With the unrolled model's
+    parameters stacked (match_layer_layout, as finetuning does), the outputs, readouts-only
+    readouts and gradients equal the unrolled model's; stacking and splitting back round-trips."""
+    settings = dict(MODEL, num_layers=3)
+    unrolled, scanned = BlockTransformer(**settings), BlockTransformer(**settings, scan_layers=True, remat=remat)
+    task, obs = make_inputs()
+    params = jax.jit(lambda: unrolled.init(jax.random.key(0), task, obs, READOUTS, train=False))()["params"]
+    scanned_shapes = jax.eval_shape(lambda: scanned.init(jax.random.key(0), task, obs, READOUTS, train=False))
+    scanned_flat = flax.traverse_util.flatten_dict(scanned_shapes["params"], sep="/")
+    unrolled_flat = flax.traverse_util.flatten_dict(params, sep="/")
+    assert {path.split("/")[0] for path in scanned_flat} >= {"scanned_blocks", "block_2"}
+    assert scanned_flat["scanned_blocks/mlp_hidden/kernel"].shape == (2, WIDTH, 32)
+    stacked_flat = match_layer_layout(unrolled_flat, scanned_flat)
+    assert set(stacked_flat) == set(scanned_flat)
+    for path, leaf in scanned_flat.items():
+        assert stacked_flat[path].shape == leaf.shape, path
+    np.testing.assert_array_equal(
+        stacked_flat["scanned_blocks/attention/query/kernel"][1], unrolled_flat["block_1/attention/query/kernel"]
+    )
+    split_flat = match_layer_layout(stacked_flat, unrolled_flat)
+    assert set(split_flat) == set(unrolled_flat)
+    for path, leaf in unrolled_flat.items():
+        np.testing.assert_array_equal(split_flat[path], leaf)
+    stacked = flax.traverse_util.unflatten_dict(stacked_flat, sep="/")
+
+    def loss(model, params, readouts_only):
+        outputs = model.apply({"params": params}, task, obs, READOUTS, train=False, readouts_only=readouts_only)
+        return sum(jnp.sum(jnp.sin(g.tokens)) for out in outputs for g in out.values()), outputs
+
+    for readouts_only in (False, True):
+        run = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True), static_argnums=(0, 2))
+        (_, want), want_grads = run(unrolled, params, readouts_only)
+        (_, got), got_grads = run(scanned, stacked, readouts_only)
+        for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(got_leaf), np.asarray(want_leaf), atol=1e-5, rtol=0)
+        got_flat = match_layer_layout(flax.traverse_util.flatten_dict(got_grads, sep="/"), unrolled_flat)
+        for path, want_leaf in flax.traverse_util.flatten_dict(want_grads, sep="/").items():
+            np.testing.assert_allclose(np.asarray(got_flat[path]), np.asarray(want_leaf), atol=1e-4, rtol=1e-4)
 
 
 def test_dropout_keeps_the_attention_rules(model_and_variables, apply):

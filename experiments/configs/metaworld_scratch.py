@@ -57,7 +57,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         language=dict(max_length=16, tokenizer_json=None, checkpoint=None),
         readouts={"action": 1},
         # The size's dimensions written out, so that a flag changes one (--config.model.transformer.num_layers=2).
-        transformer=dict(size=size, **TRANSFORMER_SIZES[size], dropout_rate=0.0, remat=False),
+        transformer=dict(size=size, **TRANSFORMER_SIZES[size], dropout_rate=0.0, remat=False, scan_layers=False),
         heads={"action": head_spec(head, action_dim=ACTION_DIM)},  # chunks of the data's action_horizon
     )
     config.optimizer = dict(

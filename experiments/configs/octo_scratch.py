@@ -107,6 +107,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             **TRANSFORMER_SIZES[size],
             dropout_rate=0.1 if size != "tiny" and not fused_goal else 0.0,
             remat=False,
+            # One scanned block for all but the last layer: compiling and loading a step cost about one layer.
+            scan_layers=True,
             history="readout" if "readout_history" in options else "causal",
         ),
         heads={"action": head_spec(head, action_dim=7)},  # chunks of the data's action_horizon

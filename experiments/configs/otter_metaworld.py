@@ -83,7 +83,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             language=dict(encoder="clip", max_length=text_tokenizer.max_length, tokenizer_json=clip_checkpoint),
             clip=dict(checkpoint=clip_checkpoint, size="tiny"),
             readouts={"action": 1},
-            transformer=dict(size="tiny", **TRANSFORMER_SIZES["tiny"], dropout_rate=0.0, remat=False),
+            transformer=dict(
+                size="tiny", **TRANSFORMER_SIZES["tiny"], dropout_rate=0.0, remat=False, scan_layers=False
+            ),
             heads={"action": head_spec(head, action_dim=ACTION_DIM)},  # chunks of the data's action_horizon
         )
     )

@@ -26,6 +26,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import PartitionSpec
 
 from octo_like.data.mixtures import make_dataset_kwargs_list, make_named_mixture
+from octo_like.model.scratch.transformer import match_layer_layout
 from octo_like.policy import release
 from octo_like.policy.build import (
     declared_action_chunks,
@@ -326,8 +327,10 @@ TRAINABLE_KEYS = {
 
 
 def merge_pretrained(fresh: dict, pretrained: dict) -> tuple[dict, dict[str, list[str]]]:
-    """Fresh parameters with every (path, shape) match taken from `pretrained`; and the report."""
-    fresh_flat, pretrained_flat = flatten_dict(fresh, sep="/"), flatten_dict(pretrained, sep="/")
+    """Fresh parameters with every (path, shape) match taken from `pretrained`, its transformer
+    layers stacked or split to the fresh `scan_layers` layout first; and the report."""
+    fresh_flat = flatten_dict(fresh, sep="/")
+    pretrained_flat = match_layer_layout(flatten_dict(pretrained, sep="/"), fresh_flat)
     report = {"loaded": [], "new": [], "dropped": sorted(set(pretrained_flat) - set(fresh_flat))}
     merged = {}
     for path, value in fresh_flat.items():

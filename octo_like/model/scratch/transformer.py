@@ -65,6 +65,35 @@ def transformer_settings(transformer: Mapping) -> dict:
     return {**TRANSFORMER_SIZES[size], **transformer}
 
 
+def match_layer_layout(pretrained_flat: dict, fresh_flat: dict) -> dict:
+    """`pretrained_flat` with its transformer layers in `fresh_flat`'s layout: per-layer blocks
+    (`block_<i>/...`) stacked into the scanned block (`scanned_blocks/...`, layer axis first) or
+    split out of it, so that finetuning moves between `scan_layers` settings. Both are parameter
+    dicts flattened with "/"; entries that need no change are kept as they are."""
+    converted = dict(pretrained_flat)
+    for path, fresh in fresh_flat.items():
+        if path in pretrained_flat:
+            continue
+        parts = path.split("/")
+        if "scanned_blocks" in parts:
+            at = parts.index("scanned_blocks")
+            layer_paths = ["/".join([*parts[:at], f"block_{i}", *parts[at + 1 :]]) for i in range(np.shape(fresh)[0])]
+            if all(layer_path in pretrained_flat for layer_path in layer_paths):
+                converted[path] = np.stack([pretrained_flat[layer_path] for layer_path in layer_paths])
+                for layer_path in layer_paths:
+                    converted.pop(layer_path)
+            continue
+        for at, part in enumerate(parts):
+            layer = part.removeprefix("block_")
+            stacked_path = "/".join([*parts[:at], "scanned_blocks", *parts[at + 1 :]])
+            if part.startswith("block_") and layer.isdigit() and stacked_path in pretrained_flat:
+                if int(layer) < np.shape(pretrained_flat[stacked_path])[0]:
+                    converted[path] = np.asarray(pretrained_flat[stacked_path])[int(layer)]
+                    converted.pop(stacked_path, None)  # the other layers read pretrained_flat
+                break
+    return converted
+
+
 HISTORIES = ("causal", "readout")
 _TASK, _OBS, _READOUT = 0, 1, 2
 _KERNEL_INIT = nn.initializers.xavier_uniform()
@@ -202,7 +231,8 @@ class _Block(nn.Module):
         y_BLF = nn.gelu(nn.Dense(self.mlp_dim, kernel_init=_KERNEL_INIT, name="mlp_hidden")(y_BLC))
         y_BLF = nn.Dropout(self.dropout_rate)(y_BLF, deterministic=not train)
         y_BLC = nn.Dense(x_BLC.shape[-1], kernel_init=_KERNEL_INIT, name="mlp_out")(y_BLF)
-        return x_BLC + nn.Dropout(self.dropout_rate)(y_BLC, deterministic=not train), own_kv
+        x_BLC = x_BLC + nn.Dropout(self.dropout_rate)(y_BLC, deterministic=not train)
+        return constrain_batch(x_BLC), own_kv  # activations stay split by example (see utils/sharding.py)
 
 
 def _check_groups(task_groups, obs_groups, readout_groups, num_timesteps_max) -> tuple[int, int]:
@@ -294,6 +324,7 @@ class BlockTransformer(nn.Module):
     attention_dropout_rate: float = 0.0
     remat: bool = False
     history: str = "causal"
+    scan_layers: bool = False
 
     def setup(self):
         _check_history(self.history)
@@ -302,10 +333,25 @@ class BlockTransformer(nn.Module):
         # `train` and `query_index` are Python values inside the block: static (arguments 3 and 5
         # of self, x, mask, train, context_kv, query_index).
         block = nn.remat(_Block, static_argnums=(3, 5)) if self.remat else _Block
-        self.blocks = [
-            block(self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate, name=f"block_{i}")
-            for i in range(self.num_layers)
-        ]
+        sizes = (self.num_heads, self.mlp_dim, self.dropout_rate, self.attention_dropout_rate)
+        if self.scan_layers:
+            # All blocks but the last as one block under lax.scan, parameters stacked on a leading
+            # layer axis: tracing, compiling and loading a compiled step cost one block, not
+            # num_layers. The last block stays apart: it may run the readouts alone as queries.
+            # (Under nn.scan the block is called without query_index: `train` alone is static.)
+            scanned_block = nn.remat(_Block, static_argnums=(3,)) if self.remat else _Block
+            scanned = nn.scan(
+                scanned_block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0),  # mask, train (a Python bool), each layer's context
+                length=self.num_layers - 1,
+            )
+            self.scanned_blocks = scanned(*sizes, name="scanned_blocks") if self.num_layers > 1 else None
+            self.blocks = [block(*sizes, name=f"block_{self.num_layers - 1}")]
+        else:
+            self.scanned_blocks = None
+            self.blocks = [block(*sizes, name=f"block_{i}") for i in range(self.num_layers)]
         self.final_norm = nn.LayerNorm(name="final_norm")
         self.input_dropout = nn.Dropout(self.dropout_rate)
 
@@ -370,15 +416,21 @@ class BlockTransformer(nn.Module):
         block computes only the keys and values of the others (what later tokens read of them)."""
         x_BLC = constrain_batch(self.input_dropout(x_BLC, deterministic=not train))
         own_k, own_v = [], []
-        for i, block in enumerate(self.blocks):
+        first_layer = 0
+        if self.scanned_blocks is not None:
+            first_layer = self.num_layers - 1
+            scanned_context = None if context_kv is None else (context_kv[0][:first_layer], context_kv[1][:first_layer])
+            x_BLC, (k_SBLHD, v_SBLHD) = self.scanned_blocks(x_BLC, mask_B1QK, train, scanned_context)
+            own_k.append(k_SBLHD)
+            own_v.append(v_SBLHD)
+        for i, block in enumerate(self.blocks, start=first_layer):
             layer_context = None if context_kv is None else (context_kv[0][i], context_kv[1][i])
-            query_index = output_index if i == len(self.blocks) - 1 else None
+            query_index = output_index if i == self.num_layers - 1 else None
             layer_mask_B1QK = mask_B1QK if query_index is None else mask_B1QK[:, :, np.asarray(query_index, np.int64)]
             x_BLC, (k_BLHD, v_BLHD) = block(x_BLC, layer_mask_B1QK, train, layer_context, query_index)
-            x_BLC = constrain_batch(x_BLC)  # activations stay split by example between blocks (see utils/sharding.py)
-            own_k.append(k_BLHD)
-            own_v.append(v_BLHD)
-        return self.final_norm(x_BLC), (jnp.stack(own_k), jnp.stack(own_v))
+            own_k.append(k_BLHD[None])
+            own_v.append(v_BLHD[None])
+        return self.final_norm(x_BLC), (jnp.concatenate(own_k), jnp.concatenate(own_v))
 
     def __call__(
         self,
