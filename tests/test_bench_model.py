@@ -49,6 +49,8 @@ def test_train_infer_and_scale_benchmarks_report_their_figures(synthetic_data_di
     for figures in train["compute_dtypes"].values():
         assert figures["steps_per_s"] > 0 and figures["examples_per_s"] == figures["steps_per_s"] * 8
         assert figures["flops_per_step"] > 0 and figures["mfu"] is None  # no known peak for a CPU
+    first_step = train["first_step_s"]  # in a temporary compilation cache: empty, then filled
+    assert first_step["compute_dtype"] == "float32" and first_step["cold"] > 0 and first_step["warm"] > 0
     assert train["bfloat16_over_float32_steps_per_s"] == (
         train["compute_dtypes"]["bfloat16"]["steps_per_s"] / train["compute_dtypes"]["float32"]["steps_per_s"]
     )
