@@ -252,6 +252,23 @@ class PolicyModel:
             )
         return EpisodeCache(task, self._encode_task_fn(self.params, task))
 
+    def _jitted_sampler(self, compiled: dict, key: tuple, method):
+        """`method` of the network under jit, once per (head, sampling settings) in `compiled`:
+        called as f(params, *inputs, rng=rng)."""
+        head, sampling = key[0], dict(key[1])
+        if key not in compiled:
+            compiled[key] = jax.jit(
+                lambda params, *inputs, rng: self.module.apply(
+                    {"params": self.network_params(params)},
+                    *inputs,
+                    rng=rng,
+                    head=head,
+                    sampling=sampling,
+                    method=method,
+                )
+            )
+        return compiled[key]
+
     def sample_actions(
         self,
         observation: Mapping,
@@ -272,42 +289,16 @@ class PolicyModel:
             raise InputError(f"unknown head '{head}'; the model has {sorted(self.module.heads)}")
         key = (head, tuple(sorted(sampling.items())))
         if cache is None:
-            if key not in self._sample_fns:
-                self._sample_fns[key] = jax.jit(
-                    lambda params, observation, task, rng: self.module.apply(
-                        {"params": self.network_params(params)},
-                        observation,
-                        task,
-                        rng=rng,
-                        head=head,
-                        sampling=sampling,
-                        method=type(self.module).predict_action,
-                    )
-                )
-            actions_BTHA = self._sample_fns[key](self.params, observation, task, rng)
+            predict = self._jitted_sampler(self._sample_fns, key, type(self.module).predict_action)
+            actions_BTHA = predict(self.params, observation, task, rng=rng)
         else:
             if task is not cache.task:
                 raise InputError(
                     "the cache was made for another task; make one per episode with model.episode_cache(task)"
                 )
-            if key not in self._step_fns:
-                self._step_fns[key] = jax.jit(
-                    lambda params, task, context, frames, observation, rng: self.module.apply(
-                        {"params": self.network_params(params)},
-                        task,
-                        context,
-                        frames,
-                        observation,
-                        rng=rng,
-                        head=head,
-                        sampling=sampling,
-                        method=type(self.module).predict_action_step,
-                    )
-                )
+            predict_step = self._jitted_sampler(self._step_fns, key, type(self.module).predict_action_step)
             frames, new_observation, new_keys = cache.split(observation)
-            actions_BTHA, new_entries = self._step_fns[key](
-                self.params, task, cache.context, frames, new_observation, rng
-            )
+            actions_BTHA, new_entries = predict_step(self.params, task, cache.context, frames, new_observation, rng=rng)
             cache.keep(cache.frame_keys(observation), new_keys, new_entries)
         actions_BHA = actions_BTHA[:, -1]
         if unnormalization_statistics is not None:
